@@ -1,0 +1,4 @@
+//! databuild's engine.
+#![deny(missing_docs)]
+
+pub mod proto;
