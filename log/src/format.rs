@@ -325,7 +325,7 @@ pub fn push_varint(out: &mut Vec<u8>, mut v: u64) {
 
 /// Bytes a varint of `v` takes.
 pub fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Reads a LEB128 varint from the front of `b`: `(value, bytes used)`, or `None` if it is cut

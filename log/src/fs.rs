@@ -32,6 +32,7 @@ pub enum Create {
 }
 
 /// An open file.
+#[expect(clippy::len_without_is_empty, reason = "a file length, not a collection")]
 pub trait FsFile: Send + Sync + Debug {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;

@@ -56,13 +56,25 @@ impl std::fmt::Debug for EndSource {
     }
 }
 
+/// How much of a segment was loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bound {
+    /// A sealed segment, whole.
+    Whole,
+    /// The end segment, up to this offset.
+    Upto(u64),
+}
+
+/// `(seq, offset)` of a frame every [`segment::INDEX_SPACING_BYTES`] of a segment.
+type SparseIndex = Arc<Vec<(u64, u64)>>;
+
 #[derive(Debug, Default)]
 struct Cache {
-    /// The most recently loaded segment: (id, loaded length, bytes).
-    loaded: Option<(u64, u64, Arc<SegmentBytes>)>,
+    /// The most recently loaded segment: (id, how much of it, bytes).
+    loaded: Option<(u64, Bound, Arc<SegmentBytes>)>,
     /// Sparse `(seq, offset)` indexes of segments scanned whole, by segment id, with the length
     /// they cover.
-    index: Vec<Option<(u64, Arc<Vec<(u64, u64)>>)>>,
+    index: Vec<Option<(u64, SparseIndex)>>,
 }
 
 /// A read-only view of a log up to its durable end.
@@ -234,30 +246,33 @@ impl Reader {
         self.torn.as_ref()
     }
 
-    /// The bytes of segment `idx` up to its readable end, cached.
+    /// The bytes of segment `idx` up to its readable end, cached. A sealed segment is loaded
+    /// whole; the end segment up to the end (so a cached copy of the end segment is stale once the
+    /// end moves or the segment is sealed).
     fn load(&self, idx: usize) -> Result<(Arc<SegmentBytes>, u64), ReadError> {
         let seg = &self.segments[idx];
-        let is_end = seg.id == self.end.segment_id;
-        let bound = if is_end { self.end.offset } else { u64::MAX };
-        let mut cache = self.cache.lock();
-        if let Some((id, len, bytes)) = &cache.loaded
-            && *id == seg.id
-            && (*len == bound || (!is_end && *len == bytes.len() as u64))
+        let want =
+            if seg.id == self.end.segment_id { Bound::Upto(self.end.offset) } else { Bound::Whole };
         {
-            return Ok((bytes.clone(), bytes.len() as u64));
+            let cache = self.cache.lock();
+            if let Some((id, bound, bytes)) = &cache.loaded
+                && *id == seg.id
+                && *bound == want
+            {
+                return Ok((bytes.clone(), bytes.len() as u64));
+            }
         }
-        drop(cache);
-        let len = if is_end {
-            bound
-        } else {
-            self.fs
+        let len = match want {
+            Bound::Upto(offset) => offset,
+            Bound::Whole => self
+                .fs
                 .open_read(&seg.path)
                 .and_then(|f| f.len())
-                .map_err(read_io("stat", &seg.path))?
+                .map_err(read_io("stat", &seg.path))?,
         };
         let bytes =
             Arc::new(self.fs.load(&seg.path, len, self.mode).map_err(read_io("read", &seg.path))?);
-        if (bytes.len() as u64) < len.min(bound) {
+        if (bytes.len() as u64) < len {
             return Err(ReadError::Corruption(Corruption {
                 segment: seg.id,
                 offset: bytes.len() as u64,
@@ -266,8 +281,7 @@ impl Reader {
             }));
         }
         let n = bytes.len() as u64;
-        cache = self.cache.lock();
-        cache.loaded = Some((seg.id, if is_end { bound } else { n }, bytes.clone()));
+        self.cache.lock().loaded = Some((seg.id, want, bytes.clone()));
         Ok((bytes, n))
     }
 

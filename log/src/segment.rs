@@ -61,7 +61,7 @@ fn header_corruption(id: u64, seq: u64, why: &str) -> OpenError {
 pub fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<SegmentMeta>, OpenError> {
     let listing = list_segments_lenient(fs, dir)?;
     match listing.problem {
-        Some(p) => Err(p),
+        Some(p) => Err(with_seq(p, seq_after(fs, &listing.valid, crate::ReadMode::Read)?)),
         None => Ok(listing.valid),
     }
 }
@@ -98,6 +98,33 @@ pub fn list_segments_lenient(fs: &dyn Fs, dir: &Path) -> Result<Listing, OpenErr
         }
     }
     Ok(Listing { valid: out, problem: None, rest: Vec::new() })
+}
+
+/// The seq at which the segment after `valid` begins: the end of the last valid segment's frames.
+/// A problem found while listing names this seq (the damaged header's own base seq is unusable).
+pub fn seq_after(
+    fs: &dyn Fs,
+    valid: &[SegmentMeta],
+    mode: crate::ReadMode,
+) -> Result<u64, OpenError> {
+    let Some(last) = valid.last() else { return Ok(1) };
+    let bytes = fs.load(&last.path, last.len, mode).map_err(io_err("read", &last.path))?;
+    let s = scan(
+        &bytes,
+        &last.header.log_id,
+        SEGMENT_HEADER_BYTES as u64,
+        last.header.base_seq,
+        |_, _| {},
+    );
+    Ok(s.next_seq)
+}
+
+/// Replaces the seq of a corruption found while listing.
+pub fn with_seq(problem: OpenError, seq: u64) -> OpenError {
+    match problem {
+        OpenError::Corruption(c) => OpenError::Corruption(Corruption { seq, ..c }),
+        other => other,
+    }
 }
 
 fn check_segment(

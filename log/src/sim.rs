@@ -51,6 +51,9 @@ pub enum FaultOp {
 struct State {
     inodes: Vec<Vec<u8>>,
     names: BTreeMap<PathBuf, usize>,
+    /// The durable state the op log starts from (empty, or the crash image this was made as).
+    base_names: BTreeMap<PathBuf, usize>,
+    base_inodes: Vec<Vec<u8>>,
     dirs: BTreeSet<PathBuf>,
     ops: Vec<Op>,
     locks: BTreeSet<PathBuf>,
@@ -160,6 +163,34 @@ impl SimFs {
         points
     }
 
+    /// The recorded operations, one line each (for diagnosing a failing crash test).
+    pub fn describe_ops(&self) -> Vec<String> {
+        let st = self.state.lock();
+        let name = |ino: usize| {
+            st.names
+                .iter()
+                .find(|(_, i)| **i == ino)
+                .map_or(format!("#{ino}"), |(p, _)| p.display().to_string())
+        };
+        st.ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| match op {
+                Op::Write { ino, offset, data } => {
+                    format!("{i}: write {} @{offset} +{}", name(*ino), data.len())
+                }
+                Op::SetLen { ino, len } => format!("{i}: set_len {} {len}", name(*ino)),
+                Op::SyncData { ino } => format!("{i}: fdatasync {}", name(*ino)),
+                Op::Link { path, ino } => format!("{i}: create {} (#{ino})", path.display()),
+                Op::Rename { from, to } => {
+                    format!("{i}: rename {} -> {}", from.display(), to.display())
+                }
+                Op::Unlink { path } => format!("{i}: unlink {}", path.display()),
+                Op::SyncDir { dir } => format!("{i}: fsync dir {}", dir.display()),
+            })
+            .collect()
+    }
+
     /// Makes the `n`-th next operation of kind `op` (0 = the very next) fail with an I/O error.
     pub fn fail_nth(&self, op: FaultOp, n: usize) {
         self.state.lock().fault = Some((op, n));
@@ -199,7 +230,7 @@ impl SimFs {
         }
         let mut keep_unsynced: BTreeMap<PathBuf, usize> = BTreeMap::new();
         let mut unsynced_seen: BTreeMap<PathBuf, usize> = BTreeMap::new();
-        let mut names: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        let mut names: BTreeMap<PathBuf, usize> = st.base_names.clone();
         for (i, op) in ops.iter().enumerate() {
             let dir = match op {
                 Op::Link { path, .. } | Op::Unlink { path } => parent(path),
@@ -243,6 +274,7 @@ impl SimFs {
             }
         }
         let mut data: Vec<Vec<u8>> = vec![Vec::new(); st.inodes.len()];
+        data[..st.base_inodes.len()].clone_from_slice(&st.base_inodes);
         for (i, op) in ops.iter().enumerate() {
             let (ino, durable) = match op {
                 Op::Write { ino, .. } | Op::SetLen { ino, .. } => {
@@ -268,10 +300,8 @@ impl SimFs {
                         _ => tear_write(d, *offset, bytes, &mut rng),
                     }
                 }
-                (Op::SetLen { len, .. }, false, CrashMode::Random(_)) => {
-                    if rng.below(2) == 0 {
-                        d.resize(*len as usize, 0);
-                    }
+                (Op::SetLen { len, .. }, false, CrashMode::Random(_)) if rng.below(2) == 0 => {
+                    d.resize(*len as usize, 0);
                 }
                 _ => {}
             }
@@ -282,6 +312,8 @@ impl SimFs {
             out.names.insert(path, out.inodes.len());
             out.inodes.push(std::mem::take(&mut data[ino]));
         }
+        out.base_names = out.names.clone();
+        out.base_inodes = out.inodes.clone();
         SimFs { state: Arc::new(Mutex::new(out)) }
     }
 }

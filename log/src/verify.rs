@@ -120,8 +120,7 @@ pub fn verify(
                     return;
                 }
                 let body = &bytes[off as usize + 32..][..h.len as usize];
-                let mut seq = h.first_seq;
-                for rec in Records::new(body, h.count) {
+                for (seq, rec) in (h.first_seq..).zip(Records::new(body, h.count)) {
                     match rec {
                         Ok(r) => visit(seq, r),
                         Err(()) => {
@@ -134,7 +133,6 @@ pub fn verify(
                             return;
                         }
                     }
-                    seq += 1;
                 }
             },
         );
@@ -172,7 +170,7 @@ pub fn verify(
         }
     }
     if let Some(c) = listing_problem {
-        report.corruption = Some(c);
+        report.corruption = Some(Corruption { seq: report.next_seq, ..c });
     } else if let (Some(slot), Some(last)) = (cp.slot, valid.last())
         && slot.segment_id > last.id
     {
