@@ -36,11 +36,11 @@ pub use error::{AppendError, Corruption, CorruptionKind, OpenError, ReadError};
 pub use format::CheckpointSlot;
 pub use fs::{Fs, ReadMode, RealFs};
 pub use map::SegmentBytes;
-pub use reader::{Frame, Frames, ReadOptions, Reader, RecordIter};
+pub use reader::{Frame, FrameAt, Frames, ReadOptions, Reader, RecordIter};
 pub use repair::{RepairReport, repair};
 pub use segment::{EndClass, TornTail};
 pub use verify::{SegmentSummary, TailStatus, VerifyReport, verify};
-pub use writer::{Durability, OpenReport, Ticket, Writer, WriterOptions};
+pub use writer::{Durability, OpenReport, Ticket, Writer, WriterOptions, WriterStats};
 
 /// Identity of a log, chosen at creation and stored in every segment header and frame checksum.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

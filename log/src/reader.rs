@@ -358,31 +358,99 @@ impl Reader {
         }
     }
 
-    /// Calls `f` with every record from `seq` to the readable end, in order.
+    /// Calls `f` with every record from `seq` to the readable end, in order. Stops at the first
+    /// error, `f`'s or the log's.
     pub fn for_each_from<E: From<ReadError>>(
         &self,
         seq: u64,
         mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        for frame in self.frames_from(seq) {
-            let frame = frame?;
-            for rec in frame.records_from(seq) {
-                let (s, bytes) = rec.map_err(ReadError::from)?;
-                f(s, bytes)?;
+        let mut failed: Option<E> = None;
+        self.walk(seq, |frame| {
+            for (s, rec) in
+                (frame.header.first_seq..).zip(Records::new(frame.body(), frame.header.count))
+            {
+                let result = match rec {
+                    Ok(_) if s < seq => continue,
+                    Ok(r) => f(s, r),
+                    Err(()) => Err(E::from(ReadError::Corruption(Corruption {
+                        segment: frame.segment,
+                        offset: frame.offset,
+                        seq: frame.header.first_seq,
+                        kind: CorruptionKind::RecordFraming,
+                    }))),
+                };
+                if let Err(e) = result {
+                    failed = Some(e);
+                    return false;
+                }
             }
-        }
-        Ok(())
+            true
+        })?;
+        failed.map_or(Ok(()), Err)
     }
 
     /// Checks every frame up to the readable end, without decoding records: `(frames, records)`.
     pub fn check_all(&self) -> Result<(u64, u64), ReadError> {
         let (mut frames, mut records) = (0u64, 0u64);
-        for frame in self.frames_from(1) {
-            let frame = frame?;
+        self.walk(1, |frame| {
             frames += 1;
-            records += u64::from(frame.count());
-        }
+            records += u64::from(frame.header.count);
+            true
+        })?;
         Ok((frames, records))
+    }
+
+    /// Walks the checked frames holding `seq` and later, segment by segment, calling `visit` with
+    /// each until it returns false. Segments walked whole get their sparse index cached on the way.
+    pub fn walk(
+        &self,
+        seq: u64,
+        mut visit: impl FnMut(FrameAt<'_>) -> bool,
+    ) -> Result<(), ReadError> {
+        let seq = seq.max(1);
+        if self.segments.is_empty() || seq >= self.end.next_seq {
+            return Ok(());
+        }
+        let log_id = self.log_id.unwrap_or(LogId([0; 16]));
+        let first = self.segments.partition_point(|s| s.header.base_seq <= seq).saturating_sub(1);
+        for idx in first..self.segments.len() {
+            let seg = &self.segments[idx];
+            if seg.id > self.end.segment_id {
+                break;
+            }
+            let (bytes, _) = self.load(idx)?;
+            let (mut offset, mut start_seq) = (SEGMENT_HEADER_BYTES as u64, seg.header.base_seq);
+            if idx == first && seq > start_seq {
+                let ix = self.index(idx, &bytes)?;
+                if let Some(&(s, o)) =
+                    ix.get(ix.partition_point(|&(s, _)| s <= seq).saturating_sub(1))
+                {
+                    (start_seq, offset) = (s, o);
+                }
+            }
+            let whole = offset == SEGMENT_HEADER_BYTES as u64;
+            let scan = segment::scan_until(&bytes, &log_id, offset, start_seq, |header, offset| {
+                header.end_seq() <= seq
+                    || visit(FrameAt { segment: seg.id, offset, header, bytes: &bytes })
+            });
+            if scan.stop == Some(segment::Stop::Halted) {
+                return Ok(());
+            }
+            self.check_segment_end(idx, &bytes, scan.end_offset, scan.next_seq, scan.stop)
+                .map_err(|c| ReadError::Corruption(Corruption { segment: seg.id, ..c }))?;
+            if whole {
+                let mut cache = self.cache.lock();
+                if cache.index.len() <= idx {
+                    cache.index.resize(idx + 1, None);
+                }
+                cache.index[idx] = Some((bytes.len() as u64, Arc::new(scan.index)));
+            }
+            if seg.id == self.end.segment_id {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -519,6 +587,25 @@ impl Iterator for Frames<'_> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// A checked frame seen by [`Reader::walk`], borrowed from its segment.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameAt<'a> {
+    /// Segment id.
+    pub segment: u64,
+    /// Byte offset in the segment.
+    pub offset: u64,
+    /// The frame header.
+    pub header: &'a crate::format::FrameHeader,
+    bytes: &'a [u8],
+}
+
+impl<'a> FrameAt<'a> {
+    /// The frame body (records, varint-length-prefixed).
+    pub fn body(&self) -> &'a [u8] {
+        &self.bytes[self.offset as usize + FRAME_HEADER_BYTES..][..self.header.len as usize]
     }
 }
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, CorruptionKind, OpenError, io_err};
 use crate::format::{
-    FRAME_ALIGN, FRAME_HEADER_BYTES, FrameHeader, FrameProblem, HeaderProblem,
-    SEGMENT_HEADER_BYTES, SegmentHeader, check_frame, check_frame_any_seq,
+    FRAME_ALIGN, FRAME_HEADER_BYTES, FrameChecker, FrameHeader, FrameProblem, HeaderProblem,
+    SEGMENT_HEADER_BYTES, SegmentHeader,
 };
 use crate::fs::Fs;
 use crate::{CheckpointSlot, LogId};
@@ -195,6 +195,8 @@ pub enum Stop {
     Zeros,
     /// The bytes at `end_offset` are not a valid next frame.
     Bad(FrameProblem),
+    /// The visitor asked to stop.
+    Halted,
 }
 
 /// The result of walking a segment's frames.
@@ -219,23 +221,43 @@ pub struct Scan {
 pub fn scan(
     bytes: &[u8],
     log_id: &LogId,
-    mut offset: u64,
-    mut seq: u64,
+    offset: u64,
+    seq: u64,
     mut visit: impl FnMut(&FrameHeader, u64),
 ) -> Scan {
+    scan_until(bytes, log_id, offset, seq, |h, o| {
+        visit(h, o);
+        true
+    })
+}
+
+/// As [`scan`], but `visit` returns whether to go on; stopping early ends with [`Stop::Halted`].
+pub fn scan_until(
+    bytes: &[u8],
+    log_id: &LogId,
+    mut offset: u64,
+    mut seq: u64,
+    mut visit: impl FnMut(&FrameHeader, u64) -> bool,
+) -> Scan {
+    let checker = FrameChecker::new(log_id);
     let mut out = Scan { index: Vec::new(), ..Scan::default() };
     let mut next_index_at = offset;
     let stop = loop {
         if offset as usize >= bytes.len() {
             break Stop::End;
         }
-        match check_frame(bytes, offset as usize, log_id, seq) {
+        match checker.check(bytes, offset as usize, seq) {
             Ok(h) => {
                 if offset >= next_index_at {
                     out.index.push((seq, offset));
                     next_index_at = offset + INDEX_SPACING_BYTES;
                 }
-                visit(&h, offset);
+                if !visit(&h, offset) {
+                    out.end_offset = offset;
+                    out.next_seq = seq;
+                    out.stop = Some(Stop::Halted);
+                    return out;
+                }
                 out.frames += 1;
                 out.records += u64::from(h.count);
                 seq = h.end_seq();
@@ -263,6 +285,7 @@ pub fn all_zero(b: &[u8]) -> bool {
 /// 8-byte position after `from`) whose `synced_seq` is beyond `seq`. Cheap header fields are
 /// checked before the checksum.
 pub fn probe_evidence(bytes: &[u8], log_id: &LogId, from: u64, seq: u64) -> bool {
+    let checker = FrameChecker::new(log_id);
     let mut at = (from as usize).div_ceil(FRAME_ALIGN) * FRAME_ALIGN;
     if at == from as usize {
         at += FRAME_ALIGN;
@@ -272,7 +295,7 @@ pub fn probe_evidence(bytes: &[u8], log_id: &LogId, from: u64, seq: u64) -> bool
         if h.synced_seq > seq
             && h.plausible()
             && h.first_seq >= seq
-            && check_frame_any_seq(bytes, at, log_id).is_ok()
+            && checker.check_any_seq(bytes, at).is_ok()
         {
             return true;
         }
@@ -364,7 +387,7 @@ pub fn classify_end(
         return EndClass::Corrupt(Corruption { segment, offset: x, seq: e, kind });
     }
     match scan.stop {
-        None | Some(Stop::End) | Some(Stop::Zeros) => EndClass::Clean,
+        None | Some(Stop::End) | Some(Stop::Zeros) | Some(Stop::Halted) => EndClass::Clean,
         Some(Stop::Bad(p)) => {
             if probe_evidence(bytes, log_id, x, e) {
                 return EndClass::Corrupt(Corruption {

@@ -129,7 +129,21 @@ struct Queue {
     status: Status,
 }
 
+/// Counters of the writer thread's work since open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Group commits (one write, and in `Full` mode one fdatasync, each).
+    pub groups: u64,
+    /// Frames written (one per batch).
+    pub frames: u64,
+    /// Bytes written to segments.
+    pub bytes: u64,
+    /// fdatasync calls on segments.
+    pub fsyncs: u64,
+}
+
 pub(crate) struct Shared {
+    stats: Mutex<WriterStats>,
     queue: Mutex<Queue>,
     wake: Condvar,
     end: Mutex<End>,
@@ -459,6 +473,7 @@ impl Writer {
 
         let (durable_tx, _) = watch::channel(end.next_seq);
         let shared = Arc::new(Shared {
+            stats: Mutex::new(WriterStats::default()),
             queue: Mutex::new(Queue {
                 next_seq: end.next_seq,
                 pending: VecDeque::new(),
@@ -549,6 +564,11 @@ impl Writer {
     /// The durable end as published to readers.
     pub fn durable_end(&self) -> End {
         self.shared.end()
+    }
+
+    /// What the writer thread has done since open.
+    pub fn stats(&self) -> WriterStats {
+        *self.shared.stats.lock()
     }
 
     /// A channel that carries the first non-durable sequence number each time it advances.
@@ -777,6 +797,11 @@ impl Committer {
         if self.durability == Durability::Full {
             self.sync()?;
         }
+        {
+            let mut st = self.shared.stats.lock();
+            st.groups += 1;
+            st.frames += group.len() as u64;
+        }
         self.publish();
         Ok(())
     }
@@ -788,6 +813,7 @@ impl Committer {
         self.active
             .write_at(&self.buf, at)
             .map_err(|e| format!("write to segment {}: {e}", self.active_id))?;
+        self.shared.stats.lock().bytes += self.buf.len() as u64;
         self.written.offset = at + self.buf.len() as u64;
         self.written.segment_id = self.active_id;
         self.buf.clear();
@@ -799,6 +825,7 @@ impl Committer {
             self.active
                 .sync_data()
                 .map_err(|e| format!("fdatasync of segment {}: {e}", self.active_id))?;
+            self.shared.stats.lock().fsyncs += 1;
         }
         self.synced = self.written;
         self.last_sync = Instant::now();
