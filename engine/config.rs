@@ -1,0 +1,297 @@
+//! Running a job's `config` entrypoint and checking what it answers.
+//!
+//! `ENTRYPOINT config REF...` runs in the graph file's directory with the process environment plus
+//! the job's graph `env` (and `DATABUILD_BUILD_REQUEST_ID` when building). Its stdout must be one
+//! `JobConfigureResponse` in canonical proto3 JSON; unknown fields are an error (otherwise a
+//! misspelt `dep_type` would silently read as QUERY). Refs are split across calls so that no
+//! call's argv passes [`ARGV_BYTES_MAX`].
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::io::AsyncReadExt;
+
+use crate::graph::{Graph, LookupError};
+use crate::proto::{DepType, JobConfig, JobConfigureResponse};
+
+/// Most bytes of refs passed to one `config` call: far below Linux's ARG_MAX (2 MiB with the
+/// environment), and small enough that 100k refs make a few dozen calls, not thousands.
+pub const ARGV_BYTES_MAX: usize = 256 << 10;
+/// Lines of a job's stderr shown with a config error.
+pub const STDERR_LINES_SHOWN: usize = 10;
+/// Most bytes of a `config` call's stdout accepted (a plan of millions of partitions fits).
+pub const CONFIG_STDOUT_BYTES_MAX: usize = 1 << 30;
+
+/// One `config` call: a job and the refs asked of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigCall {
+    /// Index of the job in the graph.
+    pub job: usize,
+    /// The refs.
+    pub refs: Vec<String>,
+}
+
+/// Why a `config` call failed or its answer was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.headline())]
+pub struct ConfigError {
+    /// The job's label.
+    pub job: String,
+    /// The refs asked.
+    pub refs: Vec<String>,
+    /// What went wrong.
+    pub kind: ConfigErrorKind,
+    /// The last lines of the call's stderr.
+    pub stderr_tail: Vec<String>,
+}
+
+/// What went wrong with a `config` call.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigErrorKind {
+    /// The entrypoint could not be started.
+    Spawn(std::io::Error),
+    /// It exited non-zero (or was killed).
+    Exit(String),
+    /// Its stdout is not one valid JobConfigureResponse.
+    Parse(String),
+    /// The answer is well-formed but wrong (ownership, coverage, empty outputs, bad refs).
+    Invalid(String),
+}
+
+fn refs_text(refs: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut s = refs.iter().take(SHOWN).map(|r| format!("'{r}'")).collect::<Vec<_>>().join(", ");
+    if refs.len() > SHOWN {
+        s.push_str(&format!(" and {} more", refs.len() - SHOWN));
+    }
+    s
+}
+
+impl ConfigError {
+    fn headline(&self) -> String {
+        let what = match &self.kind {
+            ConfigErrorKind::Spawn(e) => format!("could not start the entrypoint: {e}"),
+            ConfigErrorKind::Exit(how) => format!("config {how}"),
+            ConfigErrorKind::Parse(m) => {
+                format!("config output is not a JobConfigureResponse: {m}")
+            }
+            ConfigErrorKind::Invalid(m) => m.clone(),
+        };
+        format!("job '{}' config for {}: {what}", self.job, refs_text(&self.refs))
+    }
+}
+
+/// Splits refs into calls of at most [`ARGV_BYTES_MAX`] bytes of arguments each.
+pub fn chunk(job: usize, refs: Vec<String>) -> Vec<ConfigCall> {
+    let mut calls = Vec::new();
+    let mut cur: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    for r in refs {
+        let n = r.len() + 1;
+        if !cur.is_empty() && bytes + n > ARGV_BYTES_MAX {
+            calls.push(ConfigCall { job, refs: std::mem::take(&mut cur) });
+            bytes = 0;
+        }
+        bytes += n;
+        cur.push(r);
+    }
+    if !cur.is_empty() {
+        calls.push(ConfigCall { job, refs: cur });
+    }
+    calls
+}
+
+/// Parses a `config` call's stdout: exactly one JSON object, canonical proto3 JSON (camelCase or
+/// snake_case names, enum names or numbers), unknown fields refused.
+pub fn parse_response(stdout: &[u8]) -> Result<JobConfigureResponse, String> {
+    let text = std::str::from_utf8(stdout).map_err(|_| "stdout is not UTF-8".to_string())?;
+    if text.trim().is_empty() {
+        return Err("stdout is empty".to_string());
+    }
+    if !text.trim_start().starts_with('{') {
+        return Err("stdout is not a JSON object".to_string());
+    }
+    serde_json::from_str::<JobConfigureResponse>(text).map_err(|e| e.to_string())
+}
+
+/// Checks an answer against the graph and the refs asked: every config has outputs, every output
+/// and input is a valid ref, every output is owned by this job, and the outputs cover the refs.
+pub fn validate(
+    graph: &Graph,
+    call: &ConfigCall,
+    resp: &JobConfigureResponse,
+) -> Result<(), String> {
+    let job = &graph.jobs[call.job].label;
+    if resp.configs.is_empty() {
+        return Err("returned no configs".to_string());
+    }
+    let mut covered = std::collections::HashSet::new();
+    for (i, c) in resp.configs.iter().enumerate() {
+        if c.outputs.is_empty() {
+            return Err(format!("config #{} has no outputs", i + 1));
+        }
+        for o in &c.outputs {
+            match graph.owner(&o.str) {
+                Ok(j) if j == call.job => {}
+                Ok(j) => {
+                    return Err(format!(
+                        "config #{} output '{}' is owned by job '{}', not '{job}'",
+                        i + 1,
+                        o.str,
+                        graph.jobs[j].label
+                    ));
+                }
+                Err(LookupError::Invalid(r, why)) => {
+                    return Err(format!("config #{} has invalid output ref {r:?}: {why}", i + 1));
+                }
+                Err(e) => return Err(format!("config #{} output: {e}", i + 1)),
+            }
+            covered.insert(o.str.as_str());
+        }
+        for d in &c.inputs {
+            let Some(p) = &d.partition_ref else {
+                return Err(format!("config #{} has an input without partitionRef", i + 1));
+            };
+            if let Err(LookupError::Invalid(r, why)) = crate::graph::check_ref(&p.str) {
+                return Err(format!("config #{} has invalid input ref {r:?}: {why}", i + 1));
+            }
+            if DepType::try_from(d.dep_type).is_err() {
+                return Err(format!(
+                    "config #{} input '{}' has unknown depType {}",
+                    i + 1,
+                    p.str,
+                    d.dep_type
+                ));
+            }
+        }
+        for k in c.env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(format!("config #{} has invalid env name {k:?}", i + 1));
+            }
+        }
+    }
+    if let Some(missing) = call.refs.iter().find(|r| !covered.contains(r.as_str())) {
+        return Err(format!("no config produces '{missing}', which was asked for"));
+    }
+    Ok(())
+}
+
+/// Where a `config` call's output is kept.
+#[derive(Clone, Debug)]
+pub struct ConfigLog {
+    /// Directory for this request's config calls.
+    pub dir: PathBuf,
+    /// File stem for this call (`<job>-<n>`).
+    pub stem: String,
+}
+
+/// Runs one `config` call and checks its answer.
+pub async fn run(
+    graph: &Graph,
+    call: &ConfigCall,
+    build_request_id: Option<&str>,
+    log: Option<&ConfigLog>,
+) -> Result<Vec<JobConfig>, ConfigError> {
+    let job = &graph.jobs[call.job];
+    let fail = |kind: ConfigErrorKind, stderr: &[u8]| ConfigError {
+        job: job.label.clone(),
+        refs: call.refs.clone(),
+        kind,
+        stderr_tail: tail_lines(stderr, STDERR_LINES_SHOWN),
+    };
+    let mut cmd = tokio::process::Command::new(&job.entrypoint);
+    cmd.arg("config")
+        .args(&call.refs)
+        .current_dir(&graph.dir)
+        .envs(&job.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(id) = build_request_id {
+        cmd.env("DATABUILD_BUILD_REQUEST_ID", id);
+    }
+    let mut child = cmd.spawn().map_err(|e| fail(ConfigErrorKind::Spawn(e), b""))?;
+    let mut stdout = child.stdout.take().expect("piped").take(CONFIG_STDOUT_BYTES_MAX as u64 + 1);
+    let mut stderr = child.stderr.take().expect("piped").take(64 << 20);
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let (r1, r2, status) =
+        tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err), child.wait());
+    if let Some(l) = log {
+        let _ = std::fs::create_dir_all(&l.dir);
+        let _ = std::fs::write(l.dir.join(format!("{}.stdout", l.stem)), &out);
+        let _ = std::fs::write(l.dir.join(format!("{}.stderr", l.stem)), &err);
+    }
+    let status = status.map_err(|e| fail(ConfigErrorKind::Spawn(e), &err))?;
+    if let Err(e) = r1.and(r2) {
+        return Err(fail(ConfigErrorKind::Spawn(e), &err));
+    }
+    if !status.success() {
+        let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(s)) => format!("was killed by signal {s}"),
+            _ => "failed".to_string(),
+        };
+        return Err(fail(ConfigErrorKind::Exit(how), &err));
+    }
+    if out.len() > CONFIG_STDOUT_BYTES_MAX {
+        return Err(fail(ConfigErrorKind::Parse("stdout is larger than 1 GiB".into()), &err));
+    }
+    let resp = parse_response(&out).map_err(|m| fail(ConfigErrorKind::Parse(m), &err))?;
+    validate(graph, call, &resp).map_err(|m| fail(ConfigErrorKind::Invalid(m), &err))?;
+    Ok(resp.configs)
+}
+
+/// The last `n` non-empty lines of `bytes`.
+pub fn tail_lines(bytes: &[u8], n: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+}
+
+/// The path of a config log's stderr file.
+pub fn stderr_path(log: &ConfigLog) -> PathBuf {
+    log.dir.join(format!("{}.stderr", log.stem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contract_example_parses_in_both_spellings() {
+        let camel = br#"{"configs":[{"outputs":[{"str":"daily_votes/2025-01-01"}],"inputs":[{"depType":"MATERIALIZE","partitionRef":{"str":"daily_color_votes/2025-01-01/red"}}],"args":["2025-01-01"],"env":{"K":"V"}}]}"#;
+        let snake = br#"{"configs":[{"outputs":[{"str":"daily_votes/2025-01-01"}],"inputs":[{"dep_type":1,"partition_ref":{"str":"daily_color_votes/2025-01-01/red"}}],"args":["2025-01-01"],"env":{"K":"V"}}]}"#;
+        let a = parse_response(camel).unwrap();
+        let b = parse_response(snake).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.configs[0].inputs[0].dep_type, DepType::Materialize as i32);
+        assert_eq!(a.configs[0].env["K"], "V");
+    }
+
+    #[test]
+    fn unknown_fields_and_non_objects_are_refused() {
+        assert!(parse_response(br#"{"configs":[{"outputs":[],"dep_type_code":1}]}"#).is_err());
+        assert!(parse_response(br#"{"configs":[]} trailing"#).is_err());
+        assert!(parse_response(b"[]").is_err());
+        assert!(parse_response(b"").is_err());
+        assert!(parse_response(b"\xff").is_err());
+    }
+
+    #[test]
+    fn chunking_bounds_argv_and_keeps_every_ref_once() {
+        let refs: Vec<String> =
+            (0..50_000).map(|i| format!("votes/2025-01-01/color-{i:08}")).collect();
+        let calls = chunk(0, refs.clone());
+        assert!(calls.len() > 1);
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.refs.iter().map(|r| r.len() + 1).sum::<usize>() <= ARGV_BYTES_MAX)
+        );
+        let back: Vec<String> = calls.into_iter().flat_map(|c| c.refs).collect();
+        assert_eq!(back, refs);
+    }
+}

@@ -1,0 +1,457 @@
+//! The graph file (`databuild.toml`) and lookup: which job owns a partition ref.
+//!
+//! Loaded with serde + toml, unknown keys refused; every error names the file, the job and the
+//! key. Each partition pattern compiles as `^(?:…)$` and all of them form one `RegexSet`, so
+//! lookup is one pass per ref and names every owner on a conflict.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::RegexSet;
+use serde::Deserialize;
+
+/// The file name looked for in the current directory and its parents.
+pub const GRAPH_FILE: &str = "databuild.toml";
+
+/// One job of the graph.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Unique label.
+    pub label: String,
+    /// The entrypoint, resolved against the graph file's directory.
+    pub entrypoint: PathBuf,
+    /// The entrypoint as written in the graph file.
+    pub entrypoint_text: String,
+    /// Partition patterns as written.
+    pub patterns: Vec<String>,
+    /// Environment added to both `config` and `exec`.
+    pub env: BTreeMap<String, String>,
+    /// `exec` is stopped after this long.
+    pub timeout: Option<Duration>,
+    /// Extra `exec` attempts after a failure.
+    pub retries: u32,
+    /// At most this many `exec` runs of this job at once.
+    pub max_concurrency: Option<u32>,
+}
+
+/// A loaded, checked graph.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    /// The graph file.
+    pub path: PathBuf,
+    /// Its directory: jobs run there.
+    pub dir: PathBuf,
+    /// The graph label.
+    pub label: String,
+    /// The jobs, in file order.
+    pub jobs: Vec<Job>,
+    /// A digest of the file's bytes.
+    pub digest: String,
+    set: RegexSet,
+    pattern_job: Vec<usize>,
+}
+
+/// Why a graph file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GraphError {
+    /// No graph file here or in any parent.
+    #[error("no {GRAPH_FILE} in {} or any parent directory; create one or pass --graph PATH", .start.display())]
+    NotFound {
+        /// Where the search started.
+        start: PathBuf,
+    },
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a top-level key is wrong.
+    #[error("{}: {message}", .path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (with the line where known).
+        message: String,
+    },
+    /// A job's entry is wrong.
+    #[error("{}: job '{job}': {message}", .path.display())]
+    Job {
+        /// The file.
+        path: PathBuf,
+        /// The job's label (or `#N` if it has none).
+        job: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// Why a ref has no single owner.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// Not a valid ref.
+    #[error("invalid partition ref {0:?}: {1}")]
+    Invalid(String, &'static str),
+    /// No job's pattern matches.
+    #[error("no job produces '{0}' (no partition_patterns entry matches it)")]
+    NoOwner(String),
+    /// Two or more jobs match.
+    #[error("'{0}' is matched by jobs {1}: patterns must not overlap")]
+    Conflict(String, String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    graph: Option<GraphToml>,
+    #[serde(default)]
+    jobs: Vec<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraphToml {
+    label: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobToml {
+    label: String,
+    entrypoint: String,
+    partition_patterns: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    timeout_seconds: Option<u64>,
+    retries: Option<u32>,
+    max_concurrency: Option<u32>,
+}
+
+/// Checks a partition ref: non-empty, no whitespace, no control characters.
+pub fn check_ref(r: &str) -> Result<(), LookupError> {
+    if r.is_empty() {
+        return Err(LookupError::Invalid(r.to_string(), "it is empty"));
+    }
+    if r.chars().any(char::is_whitespace) {
+        return Err(LookupError::Invalid(r.to_string(), "it contains whitespace"));
+    }
+    if r.chars().any(char::is_control) {
+        return Err(LookupError::Invalid(r.to_string(), "it contains a control character"));
+    }
+    Ok(())
+}
+
+/// Finds the graph file: `explicit` if given, else `databuild.toml` in `start` or a parent.
+pub fn find(explicit: Option<&Path>, start: &Path) -> Result<PathBuf, GraphError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let mut dir = Some(start);
+    while let Some(d) = dir {
+        let candidate = d.join(GRAPH_FILE);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    Err(GraphError::NotFound { start: start.to_path_buf() })
+}
+
+fn digest(bytes: &[u8]) -> String {
+    // FNV-1a: a change detector for "the graph changed since this request", not a security hash.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+impl Graph {
+    /// Loads and checks the graph file at `path`.
+    pub fn load(path: &Path) -> Result<Graph, GraphError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| GraphError::Read { path: path.to_path_buf(), source })?;
+        Graph::parse(path, &text)
+    }
+
+    /// Parses and checks graph file text; `path` is where it lives (entrypoints resolve there).
+    pub fn parse(path: &Path, text: &str) -> Result<Graph, GraphError> {
+        let file_err = |message: String| GraphError::File { path: path.to_path_buf(), message };
+        let file: FileToml = toml::from_str(text).map_err(|e| file_err(toml_message(&e, text)))?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let label = match file.graph.and_then(|g| g.label) {
+            Some(l) if l.trim().is_empty() => {
+                return Err(file_err("key 'graph.label' is empty".into()));
+            }
+            Some(l) => l,
+            None => dir
+                .file_name()
+                .map_or_else(|| "graph".to_string(), |n| n.to_string_lossy().into_owned()),
+        };
+        if file.jobs.is_empty() {
+            return Err(file_err("no [[jobs]] defined; add at least one job".into()));
+        }
+        let mut jobs: Vec<Job> = Vec::with_capacity(file.jobs.len());
+        let mut patterns: Vec<String> = Vec::new();
+        let mut pattern_job: Vec<usize> = Vec::new();
+        for (i, value) in file.jobs.into_iter().enumerate() {
+            let guess = value
+                .get("label")
+                .and_then(|l| l.as_str())
+                .map_or_else(|| format!("#{}", i + 1), String::from);
+            let job_err = |message: String| GraphError::Job {
+                path: path.to_path_buf(),
+                job: guess.clone(),
+                message,
+            };
+            let j: JobToml =
+                value.try_into().map_err(|e: toml::de::Error| job_err(job_key_message(&e)))?;
+            if j.label.trim().is_empty() {
+                return Err(job_err("key 'label' is empty".into()));
+            }
+            if jobs.iter().any(|o| o.label == j.label) {
+                return Err(job_err(
+                    "key 'label': duplicate label; job labels must be unique".into(),
+                ));
+            }
+            if j.partition_patterns.is_empty() {
+                return Err(job_err(
+                    "key 'partition_patterns' is empty; give at least one pattern".into(),
+                ));
+            }
+            for p in &j.partition_patterns {
+                let anchored = format!("^(?:{p})$");
+                if let Err(e) = regex::Regex::new(&anchored) {
+                    let first = e.to_string().lines().last().unwrap_or("").trim().to_string();
+                    return Err(job_err(format!(
+                        "key 'partition_patterns': invalid regex {p:?}: {first}"
+                    )));
+                }
+                patterns.push(anchored);
+                pattern_job.push(jobs.len());
+            }
+            let entrypoint = dir.join(&j.entrypoint);
+            check_entrypoint(&entrypoint, &j.entrypoint).map_err(&job_err)?;
+            if j.timeout_seconds == Some(0) {
+                return Err(job_err("key 'timeout_seconds' must be at least 1".into()));
+            }
+            if j.max_concurrency == Some(0) {
+                return Err(job_err("key 'max_concurrency' must be at least 1".into()));
+            }
+            for k in j.env.keys() {
+                if k.is_empty() || k.contains('=') || k.contains('\0') {
+                    return Err(job_err(format!("key 'env': invalid variable name {k:?}")));
+                }
+            }
+            jobs.push(Job {
+                label: j.label,
+                entrypoint,
+                entrypoint_text: j.entrypoint,
+                patterns: j.partition_patterns,
+                env: j.env,
+                timeout: j.timeout_seconds.map(Duration::from_secs),
+                retries: j.retries.unwrap_or(0),
+                max_concurrency: j.max_concurrency,
+            });
+        }
+        let set =
+            RegexSet::new(&patterns).map_err(|e| file_err(format!("partition patterns: {e}")))?;
+        Ok(Graph {
+            path: path.to_path_buf(),
+            dir,
+            label,
+            jobs,
+            digest: digest(text.as_bytes()),
+            set,
+            pattern_job,
+        })
+    }
+
+    /// The index of the one job that owns `r`.
+    pub fn owner(&self, r: &str) -> Result<usize, LookupError> {
+        check_ref(r)?;
+        let mut owners: Vec<usize> =
+            self.set.matches(r).iter().map(|p| self.pattern_job[p]).collect();
+        owners.dedup();
+        match owners.as_slice() {
+            [] => Err(LookupError::NoOwner(r.to_string())),
+            [one] => Ok(*one),
+            many => {
+                let names: Vec<String> =
+                    many.iter().map(|&j| format!("'{}'", self.jobs[j].label)).collect();
+                Err(LookupError::Conflict(r.to_string(), names.join(" and ")))
+            }
+        }
+    }
+
+    /// The job with this label.
+    pub fn job(&self, label: &str) -> Option<usize> {
+        self.jobs.iter().position(|j| j.label == label)
+    }
+}
+
+fn job_key_message(e: &toml::de::Error) -> String {
+    let m = e.message().trim();
+    // serde names the field in backticks: "unknown field `x`, expected one of ..." or
+    // "missing field `x`"; rephrase in the graph file's words.
+    if let Some(rest) = m.strip_prefix("unknown field `")
+        && let Some((key, expected)) = rest.split_once('`')
+    {
+        return format!("unknown key '{key}'{}", expected.replace("`", "'"));
+    }
+    if let Some(rest) = m.strip_prefix("missing field `")
+        && let Some((key, _)) = rest.split_once('`')
+    {
+        return format!("missing key '{key}'");
+    }
+    format!("invalid value: {m}")
+}
+
+fn check_entrypoint(path: &Path, text: &str) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|_| {
+        format!("key 'entrypoint': {text} does not exist (relative to the graph file's directory)")
+    })?;
+    if !meta.is_file() {
+        return Err(format!("key 'entrypoint': {text} is not a file"));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("key 'entrypoint': {text} is not executable (run chmod +x {text})"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with_job() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let job = d.path().join("job.sh");
+        std::fs::write(&job, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(d.path().join("plain.sh"), "#!/bin/sh\n").unwrap();
+        d
+    }
+
+    fn parse(d: &tempfile::TempDir, text: &str) -> Result<Graph, GraphError> {
+        Graph::parse(&d.path().join(GRAPH_FILE), text)
+    }
+
+    #[test]
+    fn lookup_matches_whole_refs_and_names_every_owner_on_a_conflict() {
+        let d = dir_with_job();
+        let g = parse(
+            &d,
+            r#"
+[[jobs]]
+label = "a"
+entrypoint = "job.sh"
+partition_patterns = ['data/(?P<d>\d+)', 'other/x']
+[[jobs]]
+label = "b"
+entrypoint = "job.sh"
+partition_patterns = ['data/1\d*']
+"#,
+        )
+        .unwrap();
+        assert_eq!(g.owner("data/2"), Ok(0));
+        assert_eq!(g.owner("other/x"), Ok(0));
+        assert!(
+            matches!(g.owner("data/2/extra"), Err(LookupError::NoOwner(_))),
+            "whole-match only"
+        );
+        assert!(matches!(g.owner("xdata/2"), Err(LookupError::NoOwner(_))));
+        match g.owner("data/12") {
+            Err(LookupError::Conflict(_, names)) => assert_eq!(names, "'a' and 'b'"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(g.owner("a b"), Err(LookupError::Invalid(..))));
+        assert!(matches!(g.owner(""), Err(LookupError::Invalid(..))));
+        assert_eq!(
+            g.label,
+            d.path().canonicalize().unwrap().file_name().unwrap().to_string_lossy()
+        );
+    }
+
+    #[test]
+    fn bad_graph_files_name_the_file_the_job_and_the_key() {
+        let d = dir_with_job();
+        let cases: &[(&str, &str)] = &[
+            (
+                "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['x']\ncolor='red'\n",
+                "job 'a': unknown key 'color'",
+            ),
+            (
+                "[[jobs]]\nlabel='a'\npartition_patterns=['x']\n",
+                "job 'a': missing key 'entrypoint'",
+            ),
+            (
+                "[[jobs]]\nlabel='a'\nentrypoint='nope.sh'\npartition_patterns=['x']\n",
+                "job 'a': key 'entrypoint': nope.sh does not exist",
+            ),
+            (
+                "[[jobs]]\nlabel='a'\nentrypoint='plain.sh'\npartition_patterns=['x']\n",
+                "not executable",
+            ),
+            (
+                "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['(']\n",
+                "job 'a': key 'partition_patterns': invalid regex",
+            ),
+            (
+                "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['x']\n[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['y']\n",
+                "job 'a': key 'label': duplicate",
+            ),
+            (
+                "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['x']\ntimeout_seconds=0\n",
+                "timeout_seconds",
+            ),
+            (
+                "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns='x'\n",
+                "job 'a': invalid value",
+            ),
+            ("[graph]\nlabel='g'\nname='x'\n", "unknown field"),
+            ("[[jobs]\n", "line 1"),
+            ("", "no [[jobs]]"),
+        ];
+        for (text, want) in cases {
+            let e = parse(&d, text).unwrap_err().to_string();
+            assert!(e.contains(want), "for {text:?}: {e:?} should contain {want:?}");
+            assert!(e.contains(GRAPH_FILE), "{e}");
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+    }
+
+    #[test]
+    fn the_graph_file_is_found_in_a_parent_directory() {
+        let d = dir_with_job();
+        std::fs::write(d.path().join(GRAPH_FILE), "").unwrap();
+        let sub = d.path().join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert_eq!(find(None, &sub).unwrap(), d.path().join(GRAPH_FILE));
+        assert!(matches!(find(None, Path::new("/")), Err(GraphError::NotFound { .. })));
+    }
+}

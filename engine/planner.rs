@@ -1,0 +1,544 @@
+//! Planning: from requested refs to a job graph, as a worklist run to a fixpoint.
+//!
+//! The [`Planner`] is pure: it is told the catalog (through [`State`]) and the answers of `config`
+//! calls, and says which calls it needs next. A driver ([`plan`]) performs the calls. Refs AVAILABLE
+//! in the catalog are satisfied without a config call (unless `--force` names them), so history is
+//! never re-planned and backfills stay cheap. Every other ref is looked up and configured; its
+//! task's MATERIALIZE inputs are pushed, QUERY inputs only recorded. A topological sort over
+//! MATERIALIZE edges follows; a cycle is an error that names it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use crate::config::{self, ConfigCall, ConfigError, ConfigLog};
+use crate::graph::{Graph, LookupError};
+use crate::proto::{DepType, GraphLabel, JobConfig, JobGraph, JobLabel, PartitionRef, Task};
+use crate::state::State;
+
+/// Why planning failed. Reported before anything runs (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// A requested ref or a MATERIALIZE input has no single owner, or is not a valid ref.
+    #[error("{0}")]
+    Lookup(#[from] LookupError),
+    /// A MATERIALIZE input no job owns.
+    #[error("'{input}' (a MATERIALIZE input of '{of}') is produced by no job: {source}")]
+    Input {
+        /// The input ref.
+        input: String,
+        /// A ref of the task that needs it.
+        of: String,
+        /// The lookup failure.
+        #[source]
+        source: LookupError,
+    },
+    /// A `config` call failed.
+    #[error(transparent)]
+    Config(#[from] Box<ConfigError>),
+    /// Two different configs produce one ref.
+    #[error(
+        "'{partition}' is produced by two different configs of job '{job}'; a ref must come from one config"
+    )]
+    Overlap {
+        /// The ref.
+        partition: String,
+        /// The job.
+        job: String,
+    },
+    /// MATERIALIZE edges form a cycle.
+    #[error("dependency cycle: {0}")]
+    Cycle(String),
+}
+
+/// One task of a plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// The job's label.
+    pub job: String,
+    /// What `config` answered.
+    pub config: JobConfig,
+    /// The config's outputs, as strings.
+    pub outputs: Vec<String>,
+    /// MATERIALIZE inputs.
+    pub materialize: Vec<String>,
+    /// QUERY inputs.
+    pub query: Vec<String>,
+    /// Nodes producing this node's MATERIALIZE inputs.
+    pub deps: Vec<usize>,
+}
+
+/// A plan: tasks in topological order, and the AVAILABLE refs it relies on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The graph label.
+    pub label: String,
+    /// The requested refs.
+    pub requested: Vec<String>,
+    /// Tasks to run, dependencies first.
+    pub nodes: Vec<Node>,
+    /// AVAILABLE refs the plan relies on (requested or MATERIALIZE inputs), sorted.
+    pub satisfied: Vec<String>,
+    /// The node producing each planned ref.
+    pub producer: HashMap<String, usize>,
+}
+
+impl Plan {
+    /// The plan as the protocol's `JobGraph`.
+    pub fn job_graph(&self) -> JobGraph {
+        JobGraph {
+            label: Some(GraphLabel { label: self.label.clone() }),
+            outputs: self.requested.iter().map(|r| PartitionRef { str: r.clone() }).collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| Task {
+                    job: Some(JobLabel { label: n.job.clone() }),
+                    config: Some(n.config.clone()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Rebuilds a plan from a recorded `JobGraph` (for resuming a request): refs no node produces
+    /// are treated as satisfied inputs.
+    pub fn from_job_graph(g: &JobGraph) -> Result<Plan, PlanError> {
+        let nodes: Vec<Node> = g
+            .nodes
+            .iter()
+            .map(|t| {
+                node(
+                    t.job.as_ref().map(|j| j.label.clone()).unwrap_or_default(),
+                    t.config.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let requested: Vec<String> = g.outputs.iter().map(|p| p.str.clone()).collect();
+        finish(
+            g.label.as_ref().map(|l| l.label.clone()).unwrap_or_default(),
+            requested,
+            nodes,
+            BTreeSet::new(),
+        )
+    }
+}
+
+fn node(job: String, config: JobConfig) -> Node {
+    let outputs = config.outputs.iter().map(|p| p.str.clone()).collect();
+    let mut materialize = Vec::new();
+    let mut query = Vec::new();
+    for d in &config.inputs {
+        let r = d.partition_ref.as_ref().map(|p| p.str.clone()).unwrap_or_default();
+        if d.dep_type == DepType::Materialize as i32 {
+            materialize.push(r);
+        } else {
+            query.push(r);
+        }
+    }
+    Node { job, config, outputs, materialize, query, deps: Vec::new() }
+}
+
+/// The planning worklist.
+#[derive(Debug)]
+pub struct Planner<'g> {
+    graph: &'g Graph,
+    requested: Vec<String>,
+    forced: HashSet<String>,
+    queue: VecDeque<(String, Option<String>)>,
+    seen: HashSet<String>,
+    satisfied: BTreeSet<String>,
+    nodes: Vec<Node>,
+    producer: HashMap<String, usize>,
+    outstanding: usize,
+}
+
+impl<'g> Planner<'g> {
+    /// Starts planning `requested` (looked up now: a bad ref fails before anything runs). With
+    /// `force`, the requested refs are rebuilt even if AVAILABLE.
+    pub fn new(
+        graph: &'g Graph,
+        requested: &[String],
+        force: bool,
+    ) -> Result<Planner<'g>, PlanError> {
+        for r in requested {
+            graph.owner(r)?;
+        }
+        let mut p = Planner {
+            graph,
+            requested: requested.to_vec(),
+            forced: if force { requested.iter().cloned().collect() } else { HashSet::new() },
+            queue: VecDeque::new(),
+            seen: HashSet::new(),
+            satisfied: BTreeSet::new(),
+            nodes: Vec::new(),
+            producer: HashMap::new(),
+            outstanding: 0,
+        };
+        for r in requested {
+            if p.seen.insert(r.clone()) {
+                p.queue.push_back((r.clone(), None));
+            }
+        }
+        Ok(p)
+    }
+
+    /// The calls needed next: one group per owning job (chunked by argv size). AVAILABLE refs are
+    /// satisfied here without a call. Empty when planning is complete (or calls are outstanding).
+    pub fn next_calls(&mut self, state: &State) -> Result<Vec<ConfigCall>, PlanError> {
+        let mut by_job: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        while let Some((r, needed_by)) = self.queue.pop_front() {
+            if self.producer.contains_key(&r) {
+                continue;
+            }
+            if !self.forced.contains(&r) && state.is_available(&r) {
+                self.satisfied.insert(r);
+                continue;
+            }
+            let job = match (self.graph.owner(&r), needed_by) {
+                (Ok(j), _) => j,
+                (Err(e), None) => return Err(e.into()),
+                (Err(source), Some(of)) => return Err(PlanError::Input { input: r, of, source }),
+            };
+            by_job.entry(job).or_default().push(r);
+        }
+        let calls: Vec<ConfigCall> =
+            by_job.into_iter().flat_map(|(job, refs)| config::chunk(job, refs)).collect();
+        self.outstanding += calls.len();
+        Ok(calls)
+    }
+
+    /// Takes a (validated) answer to `call`: adds its tasks and queues their MATERIALIZE inputs.
+    pub fn answer(&mut self, call: &ConfigCall, configs: Vec<JobConfig>) -> Result<(), PlanError> {
+        self.outstanding -= 1;
+        let job = &self.graph.jobs[call.job].label;
+        for c in configs {
+            let n = node(job.clone(), c);
+            // Identical duplicates merge; a ref from two different configs is an error.
+            match n.outputs.iter().find_map(|o| self.producer.get(o).copied()) {
+                Some(existing) if self.nodes[existing].config == n.config => continue,
+                Some(existing) => {
+                    let partition = n
+                        .outputs
+                        .iter()
+                        .find(|o| self.producer.get(*o) == Some(&existing))
+                        .cloned()
+                        .unwrap_or_default();
+                    return Err(PlanError::Overlap { partition, job: job.clone() });
+                }
+                None => {}
+            }
+            let idx = self.nodes.len();
+            for o in &n.outputs {
+                self.producer.insert(o.clone(), idx);
+                // A ref first seen as satisfied is now rebuilt by this task.
+                self.satisfied.remove(o);
+                self.seen.insert(o.clone());
+            }
+            for i in &n.materialize {
+                if self.seen.insert(i.clone()) {
+                    self.queue.push_back((i.clone(), n.outputs.first().cloned()));
+                }
+            }
+            self.nodes.push(n);
+        }
+        Ok(())
+    }
+
+    /// Whether every needed call has been answered and nothing is queued.
+    pub fn is_done(&self) -> bool {
+        self.outstanding == 0 && self.queue.is_empty()
+    }
+
+    /// The plan, with tasks sorted topologically.
+    pub fn finish(self) -> Result<Plan, PlanError> {
+        finish(self.graph.label.clone(), self.requested, self.nodes, self.satisfied)
+    }
+}
+
+/// Orders nodes topologically over MATERIALIZE edges, failing on a cycle with the cycle printed.
+fn finish(
+    label: String,
+    requested: Vec<String>,
+    nodes: Vec<Node>,
+    mut satisfied: BTreeSet<String>,
+) -> Result<Plan, PlanError> {
+    let mut producer: HashMap<String, usize> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for o in &n.outputs {
+            producer.insert(o.clone(), i);
+        }
+    }
+    let deps: Vec<Vec<usize>> = nodes
+        .iter()
+        .map(|n| {
+            let mut d: Vec<usize> =
+                n.materialize.iter().filter_map(|i| producer.get(i).copied()).collect();
+            d.sort_unstable();
+            d.dedup();
+            d
+        })
+        .collect();
+    for n in &nodes {
+        for i in &n.materialize {
+            if !producer.contains_key(i) {
+                satisfied.insert(i.clone());
+            }
+        }
+    }
+    for r in &requested {
+        if !producer.contains_key(r) {
+            satisfied.insert(r.clone());
+        }
+    }
+    // Kahn's algorithm, taking ready nodes in their original order for a stable plan.
+    let mut indegree: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, d) in deps.iter().enumerate() {
+        for &j in d {
+            dependants[j].push(i);
+        }
+    }
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
+        (0..nodes.len()).filter(|&i| indegree[i] == 0).map(std::cmp::Reverse).collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &k in &dependants[i] {
+            indegree[k] -= 1;
+            if indegree[k] == 0 {
+                ready.push(std::cmp::Reverse(k));
+            }
+        }
+    }
+    if order.len() < nodes.len() {
+        return Err(PlanError::Cycle(describe_cycle(&nodes, &deps, &indegree)));
+    }
+    let mut position = vec![0usize; nodes.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        position[i] = pos;
+    }
+    let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    let mut sorted: Vec<Node> = Vec::with_capacity(order.len());
+    for &i in &order {
+        let mut n = slots[i].take().expect("each node once");
+        n.deps = deps[i].iter().map(|&d| position[d]).collect();
+        sorted.push(n);
+    }
+    let producer = producer.into_iter().map(|(r, i)| (r, position[i])).collect();
+    Ok(Plan {
+        label,
+        requested,
+        nodes: sorted,
+        satisfied: satisfied.into_iter().collect(),
+        producer,
+    })
+}
+
+fn describe_cycle(nodes: &[Node], deps: &[Vec<usize>], indegree: &[usize]) -> String {
+    // Walk dependencies among the nodes left over until one repeats.
+    let start = indegree.iter().position(|&d| d > 0).unwrap_or(0);
+    let mut path = vec![start];
+    let mut at = start;
+    loop {
+        let Some(&next) = deps[at].iter().find(|&&d| indegree[d] > 0) else { break };
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            let cycle: Vec<String> = path[pos..]
+                .iter()
+                .chain(std::iter::once(&next))
+                .map(|&i| nodes[i].outputs.first().cloned().unwrap_or_default())
+                .collect();
+            return format!("{} (each needs the next as a MATERIALIZE input)", cycle.join(" -> "));
+        }
+        path.push(next);
+        at = next;
+    }
+    nodes[start].outputs.first().cloned().unwrap_or_default()
+}
+
+/// Plans `requested` against `state`, running `config` calls (up to `jobs` at once).
+pub async fn plan(
+    graph: &Graph,
+    state: &State,
+    requested: &[String],
+    force: bool,
+    jobs: usize,
+    build_request_id: Option<&str>,
+    log_dir: Option<&std::path::Path>,
+) -> Result<Plan, PlanError> {
+    let mut planner = Planner::new(graph, requested, force)?;
+    let mut counter: BTreeMap<usize, usize> = BTreeMap::new();
+    loop {
+        let calls = planner.next_calls(state)?;
+        if calls.is_empty() {
+            break;
+        }
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+        let mut set = tokio::task::JoinSet::new();
+        for (i, call) in calls.iter().enumerate() {
+            let n = counter.entry(call.job).or_insert(0);
+            *n += 1;
+            let log = log_dir.map(|d| ConfigLog {
+                dir: d.to_path_buf(),
+                stem: format!("{}-{n}", graph.jobs[call.job].label),
+            });
+            let (g, c, id, limit) =
+                (graph.clone(), call.clone(), build_request_id.map(String::from), limit.clone());
+            set.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                (i, config::run(&g, &c, id.as_deref(), log.as_ref()).await)
+            });
+        }
+        let mut answers: Vec<Option<Result<Vec<JobConfig>, ConfigError>>> =
+            (0..calls.len()).map(|_| None).collect();
+        while let Some(done) = set.join_next().await {
+            let (i, r) = done.expect("config task panicked");
+            answers[i] = Some(r);
+        }
+        // Answers are applied in call order, so a plan does not depend on which call ended first.
+        for (call, answer) in calls.iter().zip(answers) {
+            let configs =
+                answer.expect("every call answered").map_err(|e| PlanError::Config(Box::new(e)))?;
+            planner.answer(call, configs)?;
+        }
+    }
+    planner.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{DataDep, JobConfig};
+
+    fn graph() -> (tempfile::TempDir, Graph) {
+        let d = tempfile::tempdir().unwrap();
+        let job = d.path().join("job.sh");
+        std::fs::write(&job, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let text = r#"
+[[jobs]]
+label = "raw"
+entrypoint = "job.sh"
+partition_patterns = ['raw/\d+']
+[[jobs]]
+label = "sum"
+entrypoint = "job.sh"
+partition_patterns = ['sum/\d+', 'side/\d+']
+"#;
+        let g = Graph::parse(&d.path().join("databuild.toml"), text).unwrap();
+        (d, g)
+    }
+
+    fn cfg(outputs: &[&str], mat: &[&str], query: &[&str]) -> JobConfig {
+        let dep = |r: &&str, t: DepType| DataDep {
+            dep_type: t as i32,
+            partition_ref: Some(PartitionRef { str: r.to_string() }),
+        };
+        JobConfig {
+            outputs: outputs.iter().map(|o| PartitionRef { str: o.to_string() }).collect(),
+            inputs: mat
+                .iter()
+                .map(|r| dep(r, DepType::Materialize))
+                .chain(query.iter().map(|r| dep(r, DepType::Query)))
+                .collect(),
+            ..JobConfig::default()
+        }
+    }
+
+    /// Answers every call with a fake config: sum/N reads raw/N and raw/N-1 (MATERIALIZE) and
+    /// raw/999 (QUERY); raw/N has no inputs.
+    fn drive(g: &Graph, state: &State, requested: &[&str], force: bool) -> Result<Plan, PlanError> {
+        let req: Vec<String> = requested.iter().map(|s| s.to_string()).collect();
+        let mut p = Planner::new(g, &req, force)?;
+        loop {
+            let calls = p.next_calls(state)?;
+            if calls.is_empty() {
+                break;
+            }
+            for c in calls {
+                let configs = c
+                    .refs
+                    .iter()
+                    .map(|r| {
+                        let n: u32 = r.rsplit('/').next().unwrap().parse().unwrap();
+                        if r.starts_with("sum/") {
+                            let a = format!("raw/{n}");
+                            let b = format!("raw/{}", n.saturating_sub(1));
+                            cfg(&[r], &[&a, &b], &["raw/999"])
+                        } else {
+                            cfg(&[r], &[], &[])
+                        }
+                    })
+                    .collect();
+                p.answer(&c, configs)?;
+            }
+        }
+        p.finish()
+    }
+
+    #[test]
+    fn expansion_reaches_a_fixpoint_with_dependencies_first_and_query_inputs_unplanned() {
+        let (_d, g) = graph();
+        let plan = drive(&g, &State::new(), &["sum/2", "sum/3"], false).unwrap();
+        let outs: Vec<&str> = plan.nodes.iter().map(|n| n.outputs[0].as_str()).collect();
+        assert_eq!(outs.len(), 5, "sum/2, sum/3, raw/1..3 each once: {outs:?}");
+        for (i, n) in plan.nodes.iter().enumerate() {
+            assert!(n.deps.iter().all(|&d| d < i), "dependencies come first");
+        }
+        assert!(!outs.contains(&"raw/999"), "QUERY inputs are never planned");
+        assert_eq!(plan.job_graph().outputs.len(), 2);
+    }
+
+    #[test]
+    fn a_cycle_is_named() {
+        let (_d, g) = graph();
+        let mut p = Planner::new(&g, &["sum/1".to_string()], false).unwrap();
+        let calls = p.next_calls(&State::new()).unwrap();
+        p.answer(&calls[0], vec![cfg(&["sum/1"], &["side/1"], &[])]).unwrap();
+        let calls = p.next_calls(&State::new()).unwrap();
+        p.answer(&calls[0], vec![cfg(&["side/1"], &["sum/1"], &[])]).unwrap();
+        assert!(p.next_calls(&State::new()).unwrap().is_empty());
+        let e = p.finish().unwrap_err().to_string();
+        assert!(e.contains("cycle") && e.contains("sum/1") && e.contains("side/1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_refs_fail_before_any_call_and_unowned_materialize_inputs_fail() {
+        let (_d, g) = graph();
+        assert!(matches!(
+            Planner::new(&g, &["nope/1".to_string()], false),
+            Err(PlanError::Lookup(_))
+        ));
+        let mut p = Planner::new(&g, &["sum/1".to_string()], false).unwrap();
+        let calls = p.next_calls(&State::new()).unwrap();
+        p.answer(&calls[0], vec![cfg(&["sum/1"], &["external/1"], &["also/external"])]).unwrap();
+        let e = p.next_calls(&State::new()).unwrap_err().to_string();
+        assert!(e.contains("external/1") && e.contains("MATERIALIZE"), "{e}");
+    }
+
+    #[test]
+    fn two_different_configs_for_one_ref_are_refused_and_identical_ones_merge() {
+        let (_d, g) = graph();
+        let mut p = Planner::new(&g, &["sum/1".to_string(), "sum/2".to_string()], false).unwrap();
+        let calls = p.next_calls(&State::new()).unwrap();
+        p.answer(
+            &calls[0],
+            vec![cfg(&["sum/1", "side/1"], &[], &[]), cfg(&["sum/1", "side/1"], &[], &[])],
+        )
+        .unwrap();
+        let mut p2 = Planner::new(&g, &["sum/1".to_string()], false).unwrap();
+        let calls = p2.next_calls(&State::new()).unwrap();
+        let e =
+            p2.answer(&calls[0], vec![cfg(&["sum/1"], &[], &[]), cfg(&["sum/1"], &["raw/1"], &[])]);
+        assert!(matches!(e, Err(PlanError::Overlap { .. })));
+        let _ = p;
+    }
+
+    #[test]
+    fn from_a_recorded_job_graph_the_plan_is_the_same() {
+        let (_d, g) = graph();
+        let plan = drive(&g, &State::new(), &["sum/2"], false).unwrap();
+        let again = Plan::from_job_graph(&plan.job_graph()).unwrap();
+        assert_eq!(again.nodes, plan.nodes);
+        assert_eq!(again.requested, plan.requested);
+    }
+}

@@ -1,0 +1,509 @@
+//! Table-driven tests of the fold: one case per cell of DESIGN.md §2.3, each legal transition
+//! accepted and each illegal one rejected, plus the catalog rule and the cross-entity rules.
+
+use super::*;
+use crate::events as ev;
+use crate::proto::{
+    BuildRequestStatus as B, JobGraph, JobStatus as J, PartitionManifest, PartitionStatus as P,
+};
+
+struct Log {
+    state: State,
+}
+
+impl Log {
+    fn new() -> Log {
+        Log { state: State::new() }
+    }
+
+    fn push(&mut self, e: BuildEvent) -> Result<(), Violation> {
+        let seq = self.state.last_seq + 1;
+        let before = self.state.clone();
+        let r = self.state.apply(seq, &e);
+        if r.is_err() {
+            assert_eq!(self.state, before, "a rejected event changes nothing");
+        }
+        r
+    }
+
+    fn ok(&mut self, e: BuildEvent) {
+        if let Err(v) = self.push(e) {
+            panic!("expected legal: {v}");
+        }
+    }
+}
+
+const R: &str = "req-1";
+
+fn refs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A request driven to `status` (requested: "out").
+fn request_in(status: B) -> Log {
+    let mut l = Log::new();
+    l.ok(ev::received(R, &refs(&["out"]), false, ""));
+    l.ok(ev::partition(R, "out", P::PartitionRequested, "", ""));
+    let path: &[B] = match status {
+        B::BuildRequestReceived => &[],
+        B::BuildRequestPlanning => &[B::BuildRequestPlanning],
+        B::BuildRequestAnalysisCompleted => {
+            &[B::BuildRequestPlanning, B::BuildRequestAnalysisCompleted]
+        }
+        _ => &[B::BuildRequestPlanning, B::BuildRequestAnalysisCompleted, B::BuildRequestExecuting],
+    };
+    for s in path {
+        if *s == B::BuildRequestAnalysisCompleted {
+            l.ok(ev::job_graph(R, JobGraph::default()));
+        }
+        l.ok(ev::request(R, *s, ""));
+    }
+    match status {
+        B::BuildRequestCompleted => {
+            run_to_completion(&mut l, "run-1", &refs(&["out"]));
+            l.ok(ev::request(R, B::BuildRequestCompleted, ""));
+        }
+        B::BuildRequestFailed | B::BuildRequestCancelled => {
+            l.ok(ev::partition(R, "out", P::PartitionFailed, "", "x"));
+            l.ok(ev::request(R, status, ""));
+        }
+        _ => {}
+    }
+    l
+}
+
+fn manifest(outputs: &[String]) -> PartitionManifest {
+    PartitionManifest {
+        outputs: outputs.iter().map(|o| ev::pref(o)).collect(),
+        ..PartitionManifest::default()
+    }
+}
+
+fn run_to_completion(l: &mut Log, run: &str, targets: &[String]) {
+    for t in targets {
+        if !l.state.keys.contains_key(&(R.to_string(), t.clone())) {
+            l.ok(ev::partition(R, t, P::PartitionAnalyzed, "", ""));
+        } else if l.state.keys[&(R.to_string(), t.clone())].status == P::PartitionRequested {
+            l.ok(ev::partition(R, t, P::PartitionAnalyzed, "", ""));
+        }
+    }
+    l.ok(ev::job(R, run, "job", targets).event(J::JobScheduled));
+    l.ok(ev::job(R, run, "job", targets).event(J::JobRunning));
+    for t in targets {
+        l.ok(ev::partition(R, t, P::PartitionBuilding, run, ""));
+    }
+    let mut done = ev::job(R, run, "job", targets);
+    done.manifests = vec![manifest(targets)];
+    l.ok(done.event(J::JobCompleted));
+    for t in targets {
+        l.ok(ev::partition(R, t, P::PartitionAvailable, run, ""));
+    }
+}
+
+const REQUEST_STATES: [B; 7] = [
+    B::BuildRequestReceived,
+    B::BuildRequestPlanning,
+    B::BuildRequestAnalysisCompleted,
+    B::BuildRequestExecuting,
+    B::BuildRequestCompleted,
+    B::BuildRequestFailed,
+    B::BuildRequestCancelled,
+];
+
+#[test]
+fn build_request_transitions_follow_the_table() {
+    for from in REQUEST_STATES {
+        for to in REQUEST_STATES {
+            let mut l = request_in(from);
+            let terminal = is_terminal_request(from);
+            // FAILED/CANCELLED need every key closed: close "out" first where it is open.
+            if matches!(to, B::BuildRequestFailed | B::BuildRequestCancelled) && !terminal {
+                l.ok(ev::partition(R, "out", P::PartitionFailed, "", "closing"));
+            }
+            let legal = !terminal
+                && match to {
+                    B::BuildRequestPlanning => from == B::BuildRequestReceived,
+                    B::BuildRequestAnalysisCompleted => false, // no JobGraphEvent in this setup
+                    B::BuildRequestExecuting => from == B::BuildRequestAnalysisCompleted,
+                    B::BuildRequestCompleted => false, // "out" is not AVAILABLE
+                    B::BuildRequestFailed | B::BuildRequestCancelled => true,
+                    _ => false,
+                };
+            let got = l.push(ev::request(R, to, ""));
+            assert_eq!(
+                got.is_ok(),
+                legal,
+                "{} -> {}: {got:?}",
+                from.as_str_name(),
+                to.as_str_name()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_request_must_start_with_received_and_hold_its_plan_once() {
+    let mut l = Log::new();
+    assert!(l.push(ev::request(R, B::BuildRequestPlanning, "")).is_err());
+    assert!(l.push(ev::received(R, &[], false, "")).is_err(), "RECEIVED needs partitions");
+    l.ok(ev::received(R, &refs(&["out"]), false, ""));
+    assert!(l.push(ev::received(R, &refs(&["out"]), false, "")).is_err(), "RECEIVED twice");
+    assert!(l.push(ev::job_graph(R, JobGraph::default())).is_err(), "plan only while PLANNING");
+    l.ok(ev::request(R, B::BuildRequestPlanning, ""));
+    l.ok(ev::job_graph(R, JobGraph::default()));
+    assert!(l.push(ev::job_graph(R, JobGraph::default())).is_err(), "plan once");
+    l.ok(ev::request(R, B::BuildRequestAnalysisCompleted, ""));
+}
+
+#[test]
+fn completed_needs_every_requested_partition_available() {
+    let mut l = request_in(B::BuildRequestExecuting);
+    assert!(l.push(ev::request(R, B::BuildRequestCompleted, "")).is_err());
+    run_to_completion(&mut l, "run-1", &refs(&["out"]));
+    l.ok(ev::request(R, B::BuildRequestCompleted, ""));
+    assert!(
+        l.push(ev::partition(R, "x", P::PartitionRequested, "", "")).is_err(),
+        "terminal accepts nothing"
+    );
+}
+
+#[test]
+fn a_request_cannot_end_with_live_runs_or_open_partitions() {
+    let mut l = request_in(B::BuildRequestExecuting);
+    l.ok(ev::partition(R, "out", P::PartitionAnalyzed, "", ""));
+    l.ok(ev::job(R, "run-1", "job", &refs(&["out"])).event(J::JobScheduled));
+    l.ok(ev::partition(R, "out", P::PartitionFailed, "", "x"));
+    let v = l.push(ev::request(R, B::BuildRequestFailed, "")).unwrap_err();
+    assert!(v.what.contains("live"), "{v}");
+    l.ok(ev::job(R, "run-1", "job", &refs(&["out"])).event(J::JobCancelled));
+    l.ok(ev::partition(R, "side", P::PartitionAnalyzed, "", ""));
+    let v = l.push(ev::request(R, B::BuildRequestCancelled, "")).unwrap_err();
+    assert!(v.what.contains("side"), "{v}");
+    l.ok(ev::partition(R, "side", P::PartitionFailed, "", "cancelled"));
+    l.ok(ev::request(R, B::BuildRequestCancelled, ""));
+}
+
+const JOB_STATES: [J; 6] =
+    [J::JobScheduled, J::JobRunning, J::JobCompleted, J::JobFailed, J::JobCancelled, J::JobSkipped];
+
+/// A run in `status` (None: no run yet), in an EXECUTING request.
+fn run_in(status: Option<J>) -> Log {
+    let mut l = request_in(B::BuildRequestExecuting);
+    let t = refs(&["out"]);
+    l.ok(ev::partition(R, "out", P::PartitionAnalyzed, "", ""));
+    let path: &[J] = match status {
+        None => &[],
+        Some(J::JobScheduled) => &[J::JobScheduled],
+        Some(J::JobRunning) => &[J::JobScheduled, J::JobRunning],
+        Some(J::JobSkipped) => &[J::JobSkipped],
+        Some(J::JobCompleted) => &[J::JobScheduled, J::JobRunning, J::JobCompleted],
+        Some(s) => &[J::JobScheduled, s][..],
+    };
+    let path = path.to_vec();
+    for s in path {
+        let mut e = ev::job(R, "run-1", "job", &t);
+        if s == J::JobCompleted {
+            e.manifests = vec![manifest(&t)];
+        }
+        l.ok(e.event(s));
+    }
+    l
+}
+
+#[test]
+fn job_run_transitions_follow_the_table() {
+    let t = refs(&["out"]);
+    let states: Vec<Option<J>> =
+        std::iter::once(None).chain(JOB_STATES.iter().copied().map(Some)).collect();
+    for from in states {
+        for to in JOB_STATES {
+            let mut l = run_in(from);
+            let legal = matches!(
+                (from, to),
+                (None, J::JobScheduled | J::JobSkipped)
+                    | (Some(J::JobScheduled), J::JobRunning | J::JobFailed | J::JobCancelled)
+                    | (Some(J::JobRunning), J::JobCompleted | J::JobFailed | J::JobCancelled)
+            );
+            let mut e = ev::job(R, "run-1", "job", &t);
+            if to == J::JobCompleted {
+                e.manifests = vec![manifest(&t)];
+            }
+            let got = l.push(e.event(to));
+            assert_eq!(got.is_ok(), legal, "{from:?} -> {}: {got:?}", to.as_str_name());
+        }
+    }
+}
+
+#[test]
+fn job_runs_need_an_executing_request_and_matching_manifests() {
+    let t = refs(&["out"]);
+    let mut l = request_in(B::BuildRequestPlanning);
+    assert!(
+        l.push(ev::job(R, "run-1", "job", &t).event(J::JobScheduled)).is_err(),
+        "not executing"
+    );
+    l.ok(ev::job(R, "skip-1", "job", &t).event(J::JobSkipped));
+    let mut l = run_in(Some(J::JobRunning));
+    let mut e = ev::job(R, "run-1", "job", &t);
+    e.manifests = vec![manifest(&refs(&["other"]))];
+    assert!(l.push(e.event(J::JobCompleted)).is_err(), "manifest outputs must equal targets");
+    let e = ev::job(R, "run-1", "another-job", &t);
+    assert!(l.push(e.event(J::JobFailed)).is_err(), "label must match");
+    assert!(
+        l.push(ev::job("req-2", "run-1", "job", &t).event(J::JobFailed)).is_err(),
+        "unknown request"
+    );
+    let mut bad = ev::job(R, "run-1", "job", &t).event(J::JobFailed);
+    if let Some(EventType::JobEvent(j)) = &mut bad.event_type {
+        j.status = 99;
+    }
+    assert!(l.push(bad).unwrap_err().what.contains("unknown job status"));
+}
+
+const PARTITION_STATES: [P; 6] = [
+    P::PartitionRequested,
+    P::PartitionAnalyzed,
+    P::PartitionBuilding,
+    P::PartitionAvailable,
+    P::PartitionFailed,
+    P::PartitionDelegated,
+];
+
+/// The key ("out") in `status`, with run-1 in the state the status needs; None: no key yet. The
+/// request holds no REQUESTED key for "out" here: requested is "asked".
+fn key_in(status: Option<P>) -> Log {
+    let mut l = Log::new();
+    l.ok(ev::received(R, &refs(&["asked"]), false, ""));
+    l.ok(ev::request(R, B::BuildRequestPlanning, ""));
+    l.ok(ev::job_graph(R, JobGraph::default()));
+    l.ok(ev::request(R, B::BuildRequestAnalysisCompleted, ""));
+    l.ok(ev::request(R, B::BuildRequestExecuting, ""));
+    let t = refs(&["out"]);
+    match status {
+        None => {}
+        Some(P::PartitionRequested) => l.ok(ev::partition(R, "out", P::PartitionRequested, "", "")),
+        Some(P::PartitionAnalyzed) => l.ok(ev::partition(R, "out", P::PartitionAnalyzed, "", "")),
+        Some(P::PartitionDelegated) => {
+            l.ok(ev::delegation(R, "out", R, ""));
+            l.ok(ev::partition(R, "out", P::PartitionDelegated, "", ""));
+        }
+        Some(P::PartitionAvailable) => run_to_completion(&mut l, "run-1", &t),
+        Some(P::PartitionBuilding) | Some(P::PartitionFailed) => {
+            l.ok(ev::partition(R, "out", P::PartitionAnalyzed, "", ""));
+            l.ok(ev::job(R, "run-1", "job", &t).event(J::JobScheduled));
+            l.ok(ev::job(R, "run-1", "job", &t).event(J::JobRunning));
+            l.ok(ev::partition(R, "out", P::PartitionBuilding, "run-1", ""));
+            if status == Some(P::PartitionFailed) {
+                l.ok(ev::job(R, "run-1", "job", &t).event(J::JobFailed));
+                l.ok(ev::partition(R, "out", P::PartitionFailed, "run-1", "exit 1"));
+            }
+        }
+        Some(_) => unreachable!(),
+    }
+    l
+}
+
+/// Brings a run into the state the target partition status needs, then returns the event.
+fn partition_to(l: &mut Log, from: Option<P>, to: P) -> BuildEvent {
+    let t = refs(&["out"]);
+    match to {
+        P::PartitionBuilding => {
+            // A fresh run (a next attempt, or a resume) that is RUNNING.
+            let run = if from == Some(P::PartitionBuilding) { "run-1" } else { "run-2" };
+            if run == "run-2" {
+                l.ok(ev::job(R, run, "job", &t).event(J::JobScheduled));
+                l.ok(ev::job(R, run, "job", &t).event(J::JobRunning));
+            }
+            ev::partition(R, "out", to, run, "")
+        }
+        P::PartitionAvailable => {
+            if from == Some(P::PartitionBuilding) {
+                let mut e = ev::job(R, "run-1", "job", &t);
+                e.manifests = vec![manifest(&t)];
+                l.ok(e.event(J::JobCompleted));
+                ev::partition(R, "out", to, "run-1", "")
+            } else {
+                // No run of this request in a state that may make it AVAILABLE: name none.
+                ev::partition(R, "out", to, "", "")
+            }
+        }
+        P::PartitionDelegated => {
+            l.ok(ev::delegation(R, "out", R, ""));
+            ev::partition(R, "out", to, "", "")
+        }
+        _ => ev::partition(R, "out", to, "", "reason"),
+    }
+}
+
+#[test]
+fn partition_transitions_follow_the_table() {
+    let states: Vec<Option<P>> =
+        std::iter::once(None).chain(PARTITION_STATES.iter().copied().map(Some)).collect();
+    for from in states {
+        for to in PARTITION_STATES {
+            let mut l = key_in(from);
+            let e = partition_to(&mut l, from, to);
+            let legal = match (from, to) {
+                (None, P::PartitionRequested | P::PartitionAnalyzed | P::PartitionDelegated) => {
+                    true
+                }
+                (
+                    Some(P::PartitionRequested),
+                    P::PartitionAnalyzed | P::PartitionDelegated | P::PartitionFailed,
+                ) => true,
+                (
+                    Some(P::PartitionAnalyzed),
+                    P::PartitionBuilding | P::PartitionDelegated | P::PartitionFailed,
+                ) => true,
+                (
+                    Some(P::PartitionBuilding),
+                    P::PartitionAvailable | P::PartitionFailed | P::PartitionBuilding,
+                ) => true,
+                (Some(P::PartitionFailed), P::PartitionBuilding | P::PartitionDelegated) => true,
+                _ => false,
+            };
+            let got = l.push(e);
+            assert_eq!(got.is_ok(), legal, "{from:?} -> {}: {got:?}", to.as_str_name());
+        }
+    }
+}
+
+#[test]
+fn partition_events_naming_runs_need_the_matching_run_state() {
+    let t = refs(&["out"]);
+    let mut l = key_in(Some(P::PartitionAnalyzed));
+    l.ok(ev::job(R, "run-1", "job", &t).event(J::JobScheduled));
+    assert!(
+        l.push(ev::partition(R, "out", P::PartitionBuilding, "run-1", "")).is_err(),
+        "run not RUNNING"
+    );
+    assert!(
+        l.push(ev::partition(R, "out", P::PartitionBuilding, "", "")).is_err(),
+        "BUILDING names a run"
+    );
+    assert!(
+        l.push(ev::partition(R, "out", P::PartitionBuilding, "nope", "")).is_err(),
+        "unknown run"
+    );
+    l.ok(ev::job(R, "run-1", "job", &t).event(J::JobRunning));
+    assert!(l.push(ev::partition(R, "other", P::PartitionAnalyzed, "run-1", "")).is_err());
+    l.ok(ev::partition(R, "out", P::PartitionBuilding, "run-1", ""));
+    assert!(
+        l.push(ev::partition(R, "out", P::PartitionAvailable, "run-1", "")).is_err(),
+        "run not COMPLETED"
+    );
+    assert!(
+        l.push(ev::partition(R, "out", P::PartitionFailed, "run-1", "")).is_err(),
+        "run not FAILED"
+    );
+}
+
+#[test]
+fn delegated_must_follow_its_delegation_event() {
+    let mut l = key_in(None);
+    assert!(l.push(ev::partition(R, "out", P::PartitionDelegated, "", "")).is_err());
+    l.ok(ev::delegation(R, "out", R, ""));
+    l.ok(ev::partition(R, "x", P::PartitionAnalyzed, "", ""));
+    assert!(
+        l.push(ev::partition(R, "out", P::PartitionDelegated, "", "")).is_err(),
+        "not adjacent"
+    );
+    assert!(l.push(ev::delegation(R, "out", "no-such-request", "")).is_err());
+}
+
+#[test]
+fn the_catalog_rule_keeps_an_older_available_over_later_skips_and_upstream_failures() {
+    // Request 1 builds "out".
+    let mut l = request_in(B::BuildRequestExecuting);
+    run_to_completion(&mut l, "run-1", &refs(&["out"]));
+    l.ok(ev::request(R, B::BuildRequestCompleted, ""));
+    assert!(l.state.is_available("out"));
+    let avail_seq = l.state.catalog["out"].shown().unwrap().seq;
+    // Request 2 skips it (REQUESTED, then DELEGATED), and marks it FAILED without a run.
+    let r2 = "req-2";
+    l.ok(ev::received(r2, &refs(&["out"]), false, ""));
+    l.ok(ev::partition(r2, "out", P::PartitionRequested, "", ""));
+    l.ok(ev::delegation(r2, "out", R, ""));
+    l.ok(ev::partition(r2, "out", P::PartitionDelegated, "", ""));
+    assert_eq!(l.state.partition_status("out"), P::PartitionAvailable);
+    assert_eq!(l.state.catalog["out"].shown().unwrap().seq, avail_seq);
+    let r3 = "req-3";
+    l.ok(ev::received(r3, &refs(&["out"]), false, ""));
+    l.ok(ev::partition(r3, "out", P::PartitionRequested, "", ""));
+    l.ok(ev::partition(r3, "out", P::PartitionFailed, "", "upstream x failed"));
+    assert_eq!(
+        l.state.partition_status("out"),
+        P::PartitionAvailable,
+        "an upstream failure never hides it"
+    );
+}
+
+#[test]
+fn a_failed_forced_rebuild_shows_building_then_failed() {
+    let t = refs(&["out"]);
+    let mut l = request_in(B::BuildRequestExecuting);
+    run_to_completion(&mut l, "run-1", &t);
+    l.ok(ev::request(R, B::BuildRequestCompleted, ""));
+    let r2 = "req-2";
+    l.ok(ev::received(r2, &t, true, ""));
+    l.ok(ev::partition(r2, "out", P::PartitionRequested, "", ""));
+    l.ok(ev::request(r2, B::BuildRequestPlanning, ""));
+    l.ok(ev::job_graph(r2, JobGraph::default()));
+    l.ok(ev::request(r2, B::BuildRequestAnalysisCompleted, ""));
+    l.ok(ev::request(r2, B::BuildRequestExecuting, ""));
+    l.ok(ev::partition(r2, "out", P::PartitionAnalyzed, "", ""));
+    l.ok(ev::job(r2, "run-2", "job", &t).event(J::JobScheduled));
+    l.ok(ev::job(r2, "run-2", "job", &t).event(J::JobRunning));
+    l.ok(ev::partition(r2, "out", P::PartitionBuilding, "run-2", ""));
+    assert_eq!(l.state.partition_status("out"), P::PartitionBuilding);
+    l.ok(ev::job(r2, "run-2", "job", &t).event(J::JobFailed));
+    l.ok(ev::partition(r2, "out", P::PartitionFailed, "run-2", "exit 1"));
+    assert_eq!(l.state.partition_status("out"), P::PartitionFailed);
+    assert_eq!(
+        l.state.catalog["out"].available.len(),
+        1,
+        "the older instance is remembered for lineage"
+    );
+}
+
+#[test]
+fn seqs_must_be_applied_in_order_and_unknown_events_are_violations() {
+    let mut s = State::new();
+    assert!(s.apply(2, &ev::received(R, &refs(&["a"]), false, "")).is_err());
+    let empty = BuildEvent::default();
+    assert!(s.apply(1, &empty).unwrap_err().what.contains("unknown"));
+    assert_eq!(s, State::new());
+}
+
+#[test]
+fn completed_runs_feed_the_lineage_projection() {
+    let t = refs(&["out"]);
+    let mut l = request_in(B::BuildRequestExecuting);
+    l.ok(ev::partition(R, "out", P::PartitionAnalyzed, "", ""));
+    l.ok(ev::job(R, "run-1", "job", &t).event(J::JobScheduled));
+    l.ok(ev::job(R, "run-1", "job", &t).event(J::JobRunning));
+    l.ok(ev::partition(R, "out", P::PartitionBuilding, "run-1", ""));
+    let mut done = ev::job(R, "run-1", "job", &t);
+    let mut m = manifest(&t);
+    m.start_time = 10;
+    m.end_time = 12;
+    m.inputs = vec![PartitionManifest {
+        outputs: vec![ev::pref("in/a")],
+        job_run_id: "run-0".into(),
+        dep_type: DepType::Materialize as i32,
+        ..PartitionManifest::default()
+    }];
+    done.manifests = vec![m];
+    l.ok(done.event(J::JobCompleted));
+    let run = &l.state.runs["run-1"];
+    assert_eq!(run.manifest_times, Some((10, 12)));
+    assert_eq!(
+        run.inputs,
+        vec![RunInput {
+            partition: "in/a".into(),
+            dep_type: DepType::Materialize,
+            producer_run: "run-0".into()
+        }]
+    );
+    assert_eq!(l.state.readers["in/a"], vec!["run-1".to_string()]);
+}

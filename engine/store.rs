@@ -1,0 +1,306 @@
+//! The event store: the log plus the fold, and the only way to append.
+//!
+//! [`Store::submit`] validates a batch of events against the current state (each event through
+//! [`State::apply`], in order), hands it to the log as one atomic frame, and returns a ticket that
+//! resolves once the frame is durable. Validation, seq assignment and apply happen under one lock,
+//! so the state always folds exactly the prefix the log will hold, and commit N+1 can be submitted
+//! while N waits for its fsync (that is what feeds group commit). A rejected batch changes nothing.
+//!
+//! Readers get the state through [`Store::state`]; anything that *acts* on an event (releasing a
+//! job, reporting success) waits for that event's ticket first (DESIGN.md I3).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{RwLock, RwLockReadGuard};
+use prost::Message;
+
+use databuild_log::{
+    AppendError, Batch, Durability, OpenError, OpenReport, ReadError, ReadMode, ReadOptions,
+    Reader, SeqRange, Ticket, Writer, WriterOptions,
+};
+
+use crate::proto::BuildEvent;
+use crate::state::{State, Violation};
+
+/// Why the store could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The log could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The log could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A record is not a BuildEvent.
+    #[error("event at seq {seq} does not decode: {reason}")]
+    Decode {
+        /// Its seq.
+        seq: u64,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The history is not a legal sequence of transitions.
+    #[error(transparent)]
+    Violation(#[from] Violation),
+}
+
+/// Why a commit failed. Nothing of a failed batch is in the log or the state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// The engine proposed an illegal event: a bug, reported with the event.
+    #[error("{0}")]
+    Violation(#[from] Violation),
+    /// The log refused the batch (I/O error, closed writer).
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// The state could not be restored after a rejected batch.
+    #[error("cannot restore state after a rejected batch: {0}")]
+    Restore(String),
+}
+
+/// A submitted batch: its seqs, and the ticket that resolves when it is durable.
+#[derive(Debug)]
+#[must_use = "act on a batch only once it is durable"]
+pub struct Pending {
+    ticket: Ticket,
+}
+
+impl Pending {
+    /// The seqs of the batch.
+    pub fn range(&self) -> SeqRange {
+        self.ticket.range()
+    }
+
+    /// Resolves once the batch is durable.
+    pub async fn durable(self) -> Result<SeqRange, AppendError> {
+        self.ticket.durable().await
+    }
+
+    /// Blocks until the batch is durable (not from inside an async runtime).
+    pub fn wait(self) -> Result<SeqRange, AppendError> {
+        self.ticket.wait()
+    }
+}
+
+/// Folds the events of a log after `state.last_seq` and up to `until_seq` into `state`, checking
+/// each transition.
+pub fn fold(reader: &Reader, state: &mut State, until_seq: u64) -> Result<(), StoreError> {
+    enum Stop {
+        Done,
+        Failed(StoreError),
+    }
+    impl From<ReadError> for Stop {
+        fn from(e: ReadError) -> Stop {
+            Stop::Failed(StoreError::Read(e))
+        }
+    }
+    let from = state.last_seq + 1;
+    let result = reader.for_each_from(from, |seq, bytes| -> Result<(), Stop> {
+        if seq > until_seq {
+            return Err(Stop::Done);
+        }
+        let ev = BuildEvent::decode(bytes)
+            .map_err(|e| Stop::Failed(StoreError::Decode { seq, reason: e.to_string() }))?;
+        state.apply(seq, &ev).map_err(|v| Stop::Failed(StoreError::Violation(v)))
+    });
+    match result {
+        Ok(()) | Err(Stop::Done) => Ok(()),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+/// A clock and id source for stamping events; injected so tests are deterministic.
+pub trait Stamp: Send + Sync + std::fmt::Debug {
+    /// Unix time in nanoseconds.
+    fn now_ns(&self) -> i64;
+    /// A new unique id (UUIDv7 text).
+    fn new_id(&self) -> String;
+}
+
+/// The wall clock and UUIDv7 ids.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemStamp;
+
+impl Stamp for SystemStamp {
+    fn now_ns(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64)
+    }
+
+    fn new_id(&self) -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+}
+
+/// How to open the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Options of the underlying writer.
+    pub writer: WriterOptions,
+    /// Clock and ids.
+    pub stamp: Arc<dyn Stamp>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            writer: WriterOptions { durability: Durability::Full, ..WriterOptions::default() },
+            stamp: Arc::new(SystemStamp),
+        }
+    }
+}
+
+/// The single writer of a log, with its folded state.
+#[derive(Debug)]
+pub struct Store {
+    writer: Writer,
+    state: RwLock<State>,
+    stamp: Arc<dyn Stamp>,
+    dir: PathBuf,
+    fs: Arc<dyn databuild_log::Fs>,
+}
+
+impl Store {
+    /// Opens (or creates) the log in `dir` as its writer, and folds it.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<(Store, OpenReport), StoreError> {
+        let fs = opts.writer.fs.clone();
+        let (writer, report) = Writer::open(dir, opts.writer)?;
+        let mut state = State::new();
+        let reader = writer.reader(ReadMode::Mmap)?;
+        fold(&reader, &mut state, u64::MAX)?;
+        let store = Store {
+            writer,
+            state: RwLock::new(state),
+            stamp: opts.stamp,
+            dir: dir.to_path_buf(),
+            fs,
+        };
+        Ok((store, report))
+    }
+
+    /// The current state (what has been submitted, durable or about to be).
+    pub fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read()
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new unique id.
+    pub fn new_id(&self) -> String {
+        self.stamp.new_id()
+    }
+
+    /// The clock, in ns.
+    pub fn now_ns(&self) -> i64 {
+        self.stamp.now_ns()
+    }
+
+    /// A reader that follows this store's durable end.
+    pub fn reader(&self) -> Result<Reader, OpenError> {
+        self.writer.reader(ReadMode::Mmap)
+    }
+
+    /// Validates, stamps and submits `events` as one atomic batch.
+    pub fn submit(&self, mut events: Vec<BuildEvent>) -> Result<Pending, CommitError> {
+        assert!(!events.is_empty(), "an empty commit is a bug");
+        let mut state = self.state.write();
+        let first = state.last_seq + 1;
+        let now = self.stamp.now_ns();
+        for (i, ev) in events.iter_mut().enumerate() {
+            if ev.event_id.is_empty() {
+                ev.event_id = self.stamp.new_id();
+            }
+            if ev.timestamp == 0 {
+                ev.timestamp = now;
+            }
+            if let Err(v) = state.apply(first + i as u64, ev) {
+                // Events 0..i were applied: restore exactly the log's fold.
+                drop(state);
+                self.restore()?;
+                return Err(CommitError::Violation(v));
+            }
+        }
+        let mut batch = Batch::with_capacity(events.iter().map(|e| e.encoded_len() + 5).sum());
+        for ev in &events {
+            batch.push_with(ev.encoded_len(), |buf| ev.encode_raw(buf));
+        }
+        match self.writer.submit(batch) {
+            Ok(ticket) => {
+                debug_assert_eq!(ticket.range().first, first);
+                Ok(Pending { ticket })
+            }
+            Err(e) => {
+                // The state now holds events the log refused; nothing more can be trusted.
+                drop(state);
+                let _ = self.restore();
+                Err(CommitError::Append(e))
+            }
+        }
+    }
+
+    /// Submits and waits until durable.
+    pub async fn commit(&self, events: Vec<BuildEvent>) -> Result<SeqRange, CommitError> {
+        Ok(self.submit(events)?.durable().await?)
+    }
+
+    /// Rebuilds the state from what the log holds, once everything submitted is durable.
+    fn restore(&self) -> Result<(), CommitError> {
+        let mut state = self.state.write();
+        let target = self.writer.next_seq();
+        let mut rx = self.writer.subscribe();
+        while *rx.borrow_and_update() < target {
+            if self.writer.durable_end().next_seq >= target {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut fresh = State::new();
+        let reader =
+            self.writer.reader(ReadMode::Mmap).map_err(|e| CommitError::Restore(e.to_string()))?;
+        fold(&reader, &mut fresh, u64::MAX).map_err(|e| CommitError::Restore(e.to_string()))?;
+        *state = fresh;
+        Ok(())
+    }
+
+    /// Closes the log cleanly.
+    pub fn close(self) -> Result<(), AppendError> {
+        self.writer.close()
+    }
+
+    /// The file system the log is on.
+    pub fn fs(&self) -> Arc<dyn databuild_log::Fs> {
+        self.fs.clone()
+    }
+}
+
+/// Opens a log read-only and folds it up to `until_seq` (all of it for `u64::MAX`). A missing log
+/// is an empty state.
+pub fn load(dir: &Path, until_seq: u64) -> Result<(State, Reader), StoreError> {
+    let reader = Reader::open(dir, ReadOptions::default())?;
+    let mut state = State::new();
+    fold(&reader, &mut state, until_seq)?;
+    Ok((state, reader))
+}
+
+/// Reads the event at `seq` (payloads stay in the log; the state keeps their seqs).
+pub fn event_at(reader: &Reader, seq: u64) -> Result<Option<BuildEvent>, StoreError> {
+    if let Some(frame) = reader.frames_from(seq).next() {
+        let frame = frame?;
+        if let Some(rec) = frame.records_from(seq).next() {
+            let (s, bytes) = rec.map_err(ReadError::from)?;
+            if s == seq {
+                let ev = BuildEvent::decode(bytes)
+                    .map_err(|e| StoreError::Decode { seq, reason: e.to_string() })?;
+                return Ok(Some(ev));
+            }
+        }
+    }
+    Ok(None)
+}
