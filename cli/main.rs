@@ -1,1 +1,50 @@
-fn main() {}
+//! The `databuild` command: parse, run, map the result to an exit code.
+
+mod args;
+mod cmd_admin;
+mod cmd_audit;
+mod cmd_build;
+mod cmd_history;
+mod cmd_recover;
+mod context;
+mod exit;
+mod progress;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // The job shim is an internal entry point, kept out of the user-facing commands.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__job-shim") {
+        return ExitCode::from(databuild::shim::main(std::env::args_os().skip(2)) as u8);
+    }
+    let cli = args::Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            e.print();
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
+    use args::Command as C;
+    let ctx = context::Ctx::resolve(&cli.global)?;
+    match cli.command {
+        C::Build(a) => cmd_build::build(&ctx, a),
+        C::Analyze(a) => cmd_build::analyze(&ctx, a),
+        C::Replay(a) => cmd_history::replay(&ctx, a),
+        C::Status(a) => cmd_history::status(&ctx, a),
+        C::Builds(a) => cmd_history::builds(&ctx, a),
+        C::Lineage(a) => cmd_history::lineage(&ctx, a),
+        C::Explain(a) => cmd_audit::explain(&ctx, a),
+        C::Jobs(a) => cmd_audit::jobs(&ctx, a),
+        C::Logs(a) => cmd_history::logs(&ctx, a),
+        C::Recover(a) => cmd_recover::recover(&ctx, a),
+        C::Verify => cmd_admin::verify(&ctx),
+        C::Repair(a) => cmd_admin::repair(&ctx, a),
+    }
+}

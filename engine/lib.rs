@@ -9,9 +9,16 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod driver;
 pub mod events;
 pub mod graph;
 pub mod planner;
 pub mod proto;
+pub mod query;
+pub mod recovery;
+pub mod request;
+pub mod scheduler;
+pub mod shim;
 pub mod state;
 pub mod store;
+pub mod sys;

@@ -137,6 +137,24 @@ fn node(job: String, config: JobConfig) -> Node {
     Node { job, config, outputs, materialize, query, deps: Vec::new() }
 }
 
+/// What the planner asks of the catalog.
+pub trait Catalog {
+    /// Whether the catalog shows `partition` AVAILABLE.
+    fn is_available(&self, partition: &str) -> bool;
+}
+
+impl Catalog for State {
+    fn is_available(&self, partition: &str) -> bool {
+        State::is_available(self, partition)
+    }
+}
+
+impl Catalog for crate::store::Store {
+    fn is_available(&self, partition: &str) -> bool {
+        self.state().is_available(partition)
+    }
+}
+
 /// The planning worklist.
 #[derive(Debug)]
 pub struct Planner<'g> {
@@ -183,7 +201,7 @@ impl<'g> Planner<'g> {
 
     /// The calls needed next: one group per owning job (chunked by argv size). AVAILABLE refs are
     /// satisfied here without a call. Empty when planning is complete (or calls are outstanding).
-    pub fn next_calls(&mut self, state: &State) -> Result<Vec<ConfigCall>, PlanError> {
+    pub fn next_calls(&mut self, state: &dyn Catalog) -> Result<Vec<ConfigCall>, PlanError> {
         let mut by_job: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         while let Some((r, needed_by)) = self.queue.pop_front() {
             if self.producer.contains_key(&r) {
@@ -357,7 +375,7 @@ fn describe_cycle(nodes: &[Node], deps: &[Vec<usize>], indegree: &[usize]) -> St
 /// Plans `requested` against `state`, running `config` calls (up to `jobs` at once).
 pub async fn plan(
     graph: &Graph,
-    state: &State,
+    state: &dyn Catalog,
     requested: &[String],
     force: bool,
     jobs: usize,

@@ -1,0 +1,165 @@
+//! `verify` and `repair --truncate`: checking and (explicitly) cutting a damaged log.
+
+use databuild::events as ev;
+use databuild::proto::{BuildEvent, EngineEventKind};
+use databuild::state::{State, Violation};
+use databuild::store::{Store, StoreOptions};
+use databuild_log::{CheckpointStatus, ReadOptions, TailStatus, WriterOptions};
+use prost::Message;
+use serde_json::json;
+
+use crate::args::{Format, RepairArgs};
+use crate::context::Ctx;
+use crate::exit::{self, CliError};
+use crate::render::{self, out};
+
+pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
+    ctx.formats("verify", &[Format::Text, Format::Json])?;
+    let mut state = State::new();
+    let mut violation: Option<Violation> = None;
+    let mut undecodable: Option<(u64, String)> = None;
+    let report = databuild_log::verify(&ctx.log_dir, ReadOptions::default(), |seq, bytes| {
+        if violation.is_some() || undecodable.is_some() {
+            return;
+        }
+        match BuildEvent::decode(bytes) {
+            Ok(e) => {
+                if let Err(v) = state.apply(seq, &e) {
+                    violation = Some(v);
+                }
+            }
+            Err(e) => undecodable = Some((seq, e.to_string())),
+        }
+    })
+    .map_err(|e| exit::open_error(&e, &ctx.log_dir))?;
+    let sound = report.is_sound() && violation.is_none() && undecodable.is_none();
+    let events = report.records;
+    let last = report.next_seq.saturating_sub(1);
+    let tail = match &report.tail {
+        TailStatus::Clean => "clean".to_string(),
+        TailStatus::Torn(t) => format!(
+            "torn tail at seq {} (segment {}, byte {}, {} bytes never acknowledged); the next writer cuts it",
+            t.seq, t.segment, t.offset, t.bytes
+        ),
+    };
+    let checkpoint = match report.checkpoint {
+        CheckpointStatus::Sound => "sound",
+        CheckpointStatus::OneSlotDamaged => "one slot damaged (the other is used)",
+        CheckpointStatus::Damaged => "damaged (frame evidence only)",
+        CheckpointStatus::Missing => "missing",
+    };
+    let problem = match (&report.corruption, &violation, &undecodable) {
+        (Some(c), _, _) => Some(format!("damaged: {c}")),
+        (None, Some(v), _) => Some(format!("illegal history: {v}")),
+        (None, None, Some((seq, why))) => {
+            Some(format!("event at seq {seq} does not decode: {why}"))
+        }
+        _ => None,
+    };
+    match ctx.format {
+        Format::Json => out(&render::json(&json!({
+            "sound": sound,
+            "segments": report.segments.len(),
+            "events": events,
+            "lastSeq": last,
+            "buildRequests": state.requests.len(),
+            "partitions": state.catalog.len(),
+            "jobRuns": state.runs.len(),
+            "tail": tail,
+            "checkpoint": checkpoint,
+            "problem": problem,
+            "problemSeq": report.corruption.as_ref().map(|c| c.seq).or(violation.as_ref().map(|v| v.seq)).or(undecodable.as_ref().map(|u| u.0)),
+        }))),
+        _ => {
+            out(&format!("log        {}", ctx.log_dir.display()));
+            out(&format!("segments   {}", report.segments.len()));
+            out(&format!(
+                "events     {events}{}",
+                if events > 0 { format!(" (seq 1..{last})") } else { String::new() }
+            ));
+            out(&format!(
+                "requests   {} build requests, {} job runs, {} partitions",
+                state.requests.len(),
+                state.runs.len(),
+                state.catalog.len()
+            ));
+            out(&format!("tail       {tail}"));
+            out(&format!("checkpoint {checkpoint}"));
+            match &problem {
+                None => out(
+                    "result     OK: framing, checksums, continuity and every transition are sound",
+                ),
+                Some(p) => out(&format!("result     {p}")),
+            }
+        }
+    }
+    if sound {
+        if let TailStatus::Torn(_) = report.tail {
+            eprintln!("warning: {tail}");
+        }
+        return Ok(exit::SUCCESS);
+    }
+    let what = problem.unwrap_or_default();
+    Err(CliError::log(format!(
+        "the event log is not sound: {what}; `databuild repair --truncate` keeps the valid prefix (what follows is moved aside)"
+    )))
+}
+
+pub fn repair(ctx: &Ctx, a: RepairArgs) -> Result<u8, CliError> {
+    ctx.formats("repair", &[Format::Text, Format::Json])?;
+    let _ = a.truncate;
+    let opts = WriterOptions { wait_for_lock: a.wait, ..WriterOptions::default() };
+    let report = databuild_log::repair(&ctx.log_dir, &opts)
+        .map_err(|e| exit::open_error(&e, &ctx.log_dir))?;
+    let Some((cut, torn)) = report.cut.clone() else {
+        match ctx.format {
+            Format::Json => out(&render::json(&json!({"repaired": false, "eventsDropped": 0}))),
+            _ => out("nothing to repair: the log is sound"),
+        }
+        return Ok(exit::SUCCESS);
+    };
+    // Record the repair in the log itself, so the history says what was cut.
+    let (store, _) =
+        Store::open(&ctx.log_dir, StoreOptions { writer: opts, ..StoreOptions::default() })
+            .map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
+    let kind =
+        if torn { EngineEventKind::EngineTornTailCut } else { EngineEventKind::EngineRepaired };
+    let msg = format!(
+        "repair --truncate cut the log at seq {} (segment {}, byte {}): {}; at least {} events moved aside",
+        cut.seq, cut.segment, cut.offset, cut.kind, report.events_dropped
+    );
+    let recorded = store
+        .submit(vec![ev::engine(kind, &msg, cut.seq, report.events_dropped)])
+        .and_then(|p| Ok(p.wait()?));
+    if let Err(e) = recorded {
+        eprintln!("warning: the repair was done but could not be recorded in the log: {e}");
+    }
+    let _ = store.close();
+    let backups: Vec<String> = report.backups.iter().map(|p| p.display().to_string()).collect();
+    match ctx.format {
+        Format::Json => out(&render::json(&json!({
+            "repaired": true,
+            "cutSeq": cut.seq,
+            "segment": cut.segment,
+            "offset": cut.offset,
+            "eventsDropped": report.events_dropped,
+            "bytesMoved": report.bytes_moved,
+            "backups": backups,
+        }))),
+        _ => {
+            out(&format!(
+                "cut the log at seq {} (segment {}, byte {}: {}): {} events dropped, {} bytes moved aside",
+                cut.seq,
+                cut.segment,
+                cut.offset,
+                cut.kind,
+                report.events_dropped,
+                report.bytes_moved
+            ));
+            for b in backups {
+                out(&format!("  backup: {b}"));
+            }
+        }
+    }
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,188 @@
+//! `explain` and `jobs`: why a partition is in its state, and how each job has been doing.
+
+use databuild::query::{self, Reason};
+use databuild::store;
+use serde_json::json;
+
+use crate::args::{ExplainArgs, Format, JobsArgs};
+use crate::context::Ctx;
+use crate::exit::{self, CliError};
+use crate::render::{self, Table, out, short};
+
+/// Lines of a failed run's output shown by `explain`.
+const FAILED_TAIL_LINES: usize = 5;
+
+pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
+    ctx.formats("explain", &[Format::Text, Format::Json])?;
+    databuild::graph::check_ref(&a.partition).map_err(|e| exit::lookup_error(&e))?;
+    let (state, _) =
+        store::load(&ctx.log_dir, u64::MAX).map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
+    let e = query::explain(&state, &a.partition);
+    let tail: Vec<String> = if e.reason == Reason::Failed && !e.job_run_id.is_empty() {
+        let dir = ctx.logs_dir.join(&e.job_run_id);
+        let mut lines = Vec::new();
+        for f in ["stderr", "stdout"] {
+            if let Ok(b) = std::fs::read(dir.join(f)) {
+                lines = databuild::config::tail_lines(&b, FAILED_TAIL_LINES);
+                if !lines.is_empty() {
+                    break;
+                }
+            }
+        }
+        lines
+    } else {
+        Vec::new()
+    };
+    match ctx.format {
+        Format::Json => {
+            let mut v = serde_json::Map::new();
+            v.insert("partitionRef".into(), e.partition.clone().into());
+            v.insert("status".into(), e.status.as_str_name().into());
+            v.insert("reason".into(), e.reason.as_str().into());
+            v.insert("seq".into(), e.seq.into());
+            if !e.job_run_id.is_empty() {
+                v.insert("jobRunId".into(), e.job_run_id.clone().into());
+            }
+            if !e.build_request_id.is_empty() {
+                v.insert("buildRequestId".into(), e.build_request_id.clone().into());
+            }
+            let mut message = e.message.clone();
+            if !tail.is_empty() {
+                message.push_str(&format!("; last lines of its output: {}", tail.join(" | ")));
+            }
+            v.insert("message".into(), message.into());
+            if let Some(c) = e.exit_code {
+                v.insert("exitCode".into(), c.into());
+            }
+            out(&render::json(&v));
+        }
+        _ => {
+            let color = render::color_stdout();
+            out(&format!(
+                "{}  {}  ({})",
+                e.partition,
+                render::paint(color, short(e.status.as_str_name())),
+                e.reason.as_str()
+            ));
+            out(&format!("  {}", e.message));
+            if let Some(c) = e.exit_code {
+                out(&format!("  exit code {c}"));
+            }
+            if !tail.is_empty() {
+                out(&format!(
+                    "  last lines of its output (`databuild logs {}` for all):",
+                    e.job_run_id
+                ));
+                for l in tail {
+                    out(&format!("    {l}"));
+                }
+            }
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+pub fn jobs(ctx: &Ctx, a: JobsArgs) -> Result<u8, CliError> {
+    ctx.formats("jobs", &[Format::Text, Format::Json])?;
+    let (state, _) =
+        store::load(&ctx.log_dir, u64::MAX).map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
+    let color = render::color_stdout();
+    let Some(label) = a.label else {
+        let stats = query::job_stats(&state);
+        match ctx.format {
+            Format::Json => {
+                for s in stats {
+                    out(&render::json(&json!({
+                        "jobLabel": s.label,
+                        "runs": s.runs,
+                        "completed": s.completed,
+                        "failed": s.failed,
+                        "successRatio": s.success_ratio,
+                        "durationP50Ms": s.p50_ms,
+                        "durationP95Ms": s.p95_ms,
+                    })));
+                }
+            }
+            _ => {
+                if stats.is_empty() {
+                    return Ok(exit::SUCCESS);
+                }
+                let mut t =
+                    Table::new(&["JOB", "RUNS", "COMPLETED", "FAILED", "SUCCESS", "P50", "P95"]);
+                let ms = |m: Option<u64>| {
+                    m.map_or("-".to_string(), |m| {
+                        render::duration(std::time::Duration::from_millis(m))
+                    })
+                };
+                for s in stats {
+                    let ratio =
+                        s.success_ratio.map_or("-".to_string(), |r| format!("{:.0}%", r * 100.0));
+                    t.plain(vec![
+                        s.label,
+                        s.runs.to_string(),
+                        s.completed.to_string(),
+                        s.failed.to_string(),
+                        ratio,
+                        ms(s.p50_ms),
+                        ms(s.p95_ms),
+                    ]);
+                }
+                t.print();
+            }
+        }
+        return Ok(exit::SUCCESS);
+    };
+    let runs = query::job_runs(&state, &label);
+    let known = !runs.is_empty() || state.runs.values().any(|r| r.job_label == label);
+    if !known {
+        let in_graph = ctx.graph().ok().is_some_and(|g| g.job(&label).is_some());
+        if !in_graph {
+            return Err(CliError::bad_input(format!(
+                "no job labelled '{label}' in the log or the graph file; `databuild jobs` lists them"
+            )));
+        }
+    }
+    match ctx.format {
+        Format::Json => {
+            for r in runs {
+                out(&render::json(&json!({
+                    "jobRunId": r.id,
+                    "buildRequestId": r.request,
+                    "status": r.status.as_str_name(),
+                    "startTime": r.running.map(|(_, t)| t / 1_000_000_000),
+                    "endTime": r.ended.map(|(_, t)| t / 1_000_000_000),
+                    "durationMs": query::run_duration_ms(r),
+                })));
+            }
+        }
+        _ => {
+            if runs.is_empty() {
+                return Ok(exit::SUCCESS);
+            }
+            let mut t = Table::new(&[
+                "JOB RUN",
+                "BUILD REQUEST",
+                "STATUS",
+                "STARTED",
+                "DURATION",
+                "MESSAGE",
+            ]);
+            for r in runs {
+                let started = r.running.map_or("-".to_string(), |(_, t)| render::time_ns(t));
+                let d = query::run_duration_ms(r).map_or("-".to_string(), |m| {
+                    render::duration(std::time::Duration::from_millis(m))
+                });
+                t.row(vec![
+                    (r.id.clone(), r.id.len()),
+                    (r.request.clone(), r.request.len()),
+                    render::status_cell(color, r.status.as_str_name()),
+                    (started.clone(), started.len()),
+                    (d.clone(), d.len()),
+                    (r.message.clone(), r.message.chars().count()),
+                ]);
+            }
+            t.print();
+        }
+    }
+    Ok(exit::SUCCESS)
+}

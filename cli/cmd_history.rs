@@ -1,0 +1,684 @@
+//! `replay`, `status`, `builds`, `lineage`, `logs`: read-only views of the log.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use databuild::proto::build_event::EventType;
+use databuild::proto::{BuildEvent, DepType, JobStatus, PartitionStatus};
+use databuild::query::{self, LineageNode, Until};
+use databuild::state::State;
+use databuild::store;
+use databuild_log::{ReadOptions, Reader};
+use prost::Message;
+use serde_json::{Value, json as j};
+
+use crate::args::{BuildsArgs, Format, LineageArgs, LogsArgs, ReplayArgs, StatusArgs};
+use crate::context::Ctx;
+use crate::exit::{self, CliError};
+use crate::render::{self, Table, json, out, short};
+
+/// How often `replay --follow` looks for new events.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+fn open_reader(ctx: &Ctx) -> Result<Reader, CliError> {
+    Reader::open(&ctx.log_dir, ReadOptions::default())
+        .map_err(|e| exit::open_error(&e, &ctx.log_dir))
+}
+
+fn load(ctx: &Ctx) -> Result<(State, Reader), CliError> {
+    store::load(&ctx.log_dir, u64::MAX).map_err(|e| exit::store_error(&e, &ctx.log_dir))
+}
+
+/// The refs an event names (for `--partition`).
+fn refs_named(ev: &BuildEvent) -> Vec<&str> {
+    match &ev.event_type {
+        Some(EventType::PartitionEvent(e)) => {
+            e.partition_ref.iter().map(|p| p.str.as_str()).collect()
+        }
+        Some(EventType::DelegationEvent(e)) => {
+            e.partition_ref.iter().map(|p| p.str.as_str()).collect()
+        }
+        Some(EventType::JobEvent(e)) => {
+            e.target_partitions.iter().map(|p| p.str.as_str()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+struct Filter {
+    since: u64,
+    until: Option<Until>,
+    build: Option<String>,
+    partition: Option<String>,
+    job: Option<String>,
+    job_run: Option<String>,
+    /// Run id -> label, learnt from job events as they pass.
+    labels: HashMap<String, String>,
+    seen_build: bool,
+    seen_run: bool,
+}
+
+impl Filter {
+    fn keep(&mut self, seq: u64, ev: &BuildEvent) -> bool {
+        if let Some(EventType::JobEvent(e)) = &ev.event_type
+            && let Some(l) = &e.job_label
+        {
+            self.labels.insert(e.job_run_id.clone(), l.label.clone());
+        }
+        if self.build.as_deref() == Some(ev.build_request_id.as_str()) {
+            self.seen_build = true;
+        }
+        if seq < self.since {
+            return false;
+        }
+        match self.until {
+            Some(Until::Seq(s)) if seq > s => return false,
+            Some(Until::Time(t)) if ev.timestamp > t => return false,
+            _ => {}
+        }
+        if let Some(b) = &self.build
+            && &ev.build_request_id != b
+        {
+            return false;
+        }
+        if let Some(g) = &self.partition
+            && !refs_named(ev).iter().any(|r| render::glob_match(g, r))
+        {
+            return false;
+        }
+        let run_of = |ev: &BuildEvent| match &ev.event_type {
+            Some(EventType::JobEvent(e)) => Some(e.job_run_id.clone()),
+            Some(EventType::PartitionEvent(e)) if !e.job_run_id.is_empty() => {
+                Some(e.job_run_id.clone())
+            }
+            _ => None,
+        };
+        if let Some(label) = &self.job {
+            let Some(run) = run_of(ev) else { return false };
+            if self.labels.get(&run) != Some(label) {
+                return false;
+            }
+        }
+        if let Some(id) = &self.job_run {
+            if run_of(ev).as_deref() != Some(id.as_str()) {
+                return false;
+            }
+            self.seen_run = true;
+        }
+        true
+    }
+}
+
+fn print_event(ctx: &Ctx, seq: u64, ev: &BuildEvent) {
+    match ctx.format {
+        Format::Json => {
+            let event = serde_json::to_value(ev).unwrap_or(Value::Null);
+            out(&json(&j!({ "seq": seq, "event": event })));
+        }
+        _ => {
+            let (kind, detail) = render::event_summary(ev);
+            let req = if ev.build_request_id.is_empty() {
+                "-".to_string()
+            } else {
+                ev.build_request_id.clone()
+            };
+            out(&format!(
+                "{seq:>7}  {}  {req}  {kind:<10} {detail}",
+                render::time_ns(ev.timestamp)
+            ));
+        }
+    }
+}
+
+pub fn replay(ctx: &Ctx, a: ReplayArgs) -> Result<u8, CliError> {
+    ctx.formats("replay", &[Format::Text, Format::Json])?;
+    let until = a.until.as_deref().map(|u| render::parse_until("--until", u)).transpose()?;
+    let mut f = Filter {
+        since: a.since.unwrap_or(1),
+        until,
+        build: a.build.clone(),
+        partition: a.partition.clone(),
+        job: a.job.clone(),
+        job_run: a.job_run.clone(),
+        labels: HashMap::new(),
+        seen_build: false,
+        seen_run: false,
+    };
+    let mut reader = open_reader(ctx)?;
+    let mut next = 1u64;
+    loop {
+        reader.for_each_from(next, |seq, bytes| -> Result<(), CliError> {
+            let ev = BuildEvent::decode(bytes).map_err(|e| {
+                CliError::log(format!(
+                    "event at seq {seq} does not decode: {e}; run `databuild verify` for a report"
+                ))
+            })?;
+            if f.keep(seq, &ev) {
+                print_event(ctx, seq, &ev);
+            }
+            next = seq + 1;
+            Ok(())
+        })?;
+        if !a.follow {
+            break;
+        }
+        render::flush();
+        std::thread::sleep(FOLLOW_POLL);
+        if ctx.log_dir.exists() {
+            if reader.log_id().is_none() {
+                reader = open_reader(ctx)?;
+            } else {
+                reader.refresh().map_err(|e| exit::open_error(&e, &ctx.log_dir))?;
+            }
+        }
+    }
+    if let Some(b) = &a.build
+        && !f.seen_build
+    {
+        return Err(CliError::bad_input(format!(
+            "no build request {b} in the log; see `databuild builds` for the ids"
+        )));
+    }
+    if let Some(r) = &a.job_run
+        && !f.seen_run
+    {
+        return Err(CliError::bad_input(format!(
+            "no job run {r} in the log; see `databuild replay` or `databuild builds ID`"
+        )));
+    }
+    Ok(exit::SUCCESS)
+}
+
+pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
+    ctx.formats("status", &[Format::Text, Format::Json])?;
+    let state = match &a.at {
+        None => load(ctx)?.0,
+        Some(at) => {
+            let until = render::parse_until("--at", at)?;
+            let reader = open_reader(ctx)?;
+            query::state_at(&reader, until).map_err(|e| exit::store_error(&e, &ctx.log_dir))?
+        }
+    };
+    let rows = query::status_rows(&state, &a.refs);
+    match ctx.format {
+        Format::Json => {
+            for r in rows {
+                let mut v = serde_json::Map::new();
+                v.insert("partitionRef".into(), r.partition.into());
+                v.insert("status".into(), r.status.as_str_name().into());
+                if !r.job_run_id.is_empty() {
+                    v.insert("jobRunId".into(), r.job_run_id.into());
+                }
+                if !r.build_request_id.is_empty() {
+                    v.insert("buildRequestId".into(), r.build_request_id.into());
+                }
+                if r.seq > 0 {
+                    v.insert("seq".into(), r.seq.into());
+                }
+                out(&json(&v));
+            }
+        }
+        _ => {
+            if rows.is_empty() {
+                return Ok(exit::SUCCESS);
+            }
+            let color = render::color_stdout();
+            let mut t = Table::new(&["PARTITION", "STATUS", "SEQ", "JOB RUN", "BUILD REQUEST"]);
+            for r in rows {
+                let seq = if r.seq > 0 { r.seq.to_string() } else { "-".into() };
+                let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+                let (p, n) = (r.partition.clone(), r.partition.chars().count());
+                t.row(vec![
+                    (p, n),
+                    render::status_cell(color, r.status.as_str_name()),
+                    (seq.clone(), seq.len()),
+                    (dash(r.job_run_id.clone()), dash(r.job_run_id).len()),
+                    (dash(r.build_request_id.clone()), dash(r.build_request_id).len()),
+                ]);
+            }
+            t.print();
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn request_duration(r: &databuild::state::Request) -> String {
+    match r.ended {
+        Some((_, end)) => {
+            render::duration(Duration::from_nanos((end - r.received_ts).max(0) as u64))
+        }
+        None => "-".into(),
+    }
+}
+
+pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
+    let (state, _) = load(ctx)?;
+    if let Some(id) = &a.id {
+        ctx.formats("builds ID", &[Format::Text, Format::Json, Format::Mermaid])?;
+        let Some(r) = state.requests.get(id) else {
+            return Err(CliError::bad_input(format!(
+                "no build request {id} in the log; see `databuild builds` for the ids"
+            )));
+        };
+        return build_detail(ctx, &state, r);
+    }
+    ctx.formats("builds", &[Format::Text, Format::Json])?;
+    let mut reqs: Vec<&databuild::state::Request> = state.requests.values().collect();
+    reqs.sort_by_key(|r| r.received_seq);
+    match ctx.format {
+        Format::Json => {
+            for r in reqs {
+                out(&json(&j!({
+                    "buildRequestId": r.id,
+                    "status": r.status.as_str_name(),
+                    "requestedPartitions": r.requested,
+                    "receivedSeq": r.received_seq,
+                    "receivedTime": render::time_ns(r.received_ts),
+                    "endedTime": r.ended.map(|(_, t)| render::time_ns(t)),
+                    "force": r.force,
+                    "message": r.message,
+                })));
+            }
+        }
+        _ => {
+            if reqs.is_empty() {
+                return Ok(exit::SUCCESS);
+            }
+            let color = render::color_stdout();
+            let mut t =
+                Table::new(&["BUILD REQUEST", "STATUS", "RECEIVED", "DURATION", "REQUESTED"]);
+            for r in reqs {
+                let requested = match r.requested.len() {
+                    1 => r.requested[0].clone(),
+                    n => format!("{} (+{} more)", r.requested[0], n - 1),
+                };
+                let received = render::time_ns(r.received_ts);
+                let d = request_duration(r);
+                t.row(vec![
+                    (r.id.clone(), r.id.len()),
+                    render::status_cell(color, r.status.as_str_name()),
+                    (received.clone(), received.len()),
+                    (d.clone(), d.len()),
+                    (requested.clone(), requested.chars().count()),
+                ]);
+            }
+            t.print();
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Result<u8, CliError> {
+    let runs: Vec<&databuild::state::Run> =
+        r.runs.iter().filter_map(|id| state.runs.get(id)).collect();
+    let keys: Vec<(&String, &databuild::state::Key)> =
+        state.keys_of(&r.id).map(|((_, p), k)| (p, k)).collect();
+    match ctx.format {
+        Format::Json => {
+            let jobs: Vec<Value> = runs
+                .iter()
+                .map(|run| {
+                    j!({
+                        "jobRunId": run.id,
+                        "jobLabel": run.job_label,
+                        "status": run.status.as_str_name(),
+                        "targetPartitions": run.targets,
+                        "attempt": run.attempt,
+                        "message": run.message,
+                    })
+                })
+                .collect();
+            let parts: Vec<Value> = keys
+                .iter()
+                .map(|(p, k)| j!({"partitionRef": p, "status": k.status.as_str_name(), "seq": k.seq, "jobRunId": k.job_run_id, "message": k.message}))
+                .collect();
+            out(&json(&j!({
+                "buildRequestId": r.id,
+                "status": r.status.as_str_name(),
+                "requestedPartitions": r.requested,
+                "force": r.force,
+                "receivedTime": render::time_ns(r.received_ts),
+                "endedTime": r.ended.map(|(_, t)| render::time_ns(t)),
+                "message": r.message,
+                "jobs": jobs,
+                "partitions": parts,
+            })));
+        }
+        Format::Mermaid => build_mermaid(state, r, &runs),
+        Format::Text => {
+            let color = render::color_stdout();
+            out(&format!("build request {}", r.id));
+            out(&format!(
+                "  status     {}{}",
+                render::paint(color, short(r.status.as_str_name())),
+                if r.message.is_empty() { String::new() } else { format!(" - {}", r.message) }
+            ));
+            out(&format!(
+                "  requested  {}{}",
+                r.requested.join(" "),
+                if r.force { " (--force)" } else { "" }
+            ));
+            out(&format!(
+                "  received   {} (seq {})",
+                render::time_ns(r.received_ts),
+                r.received_seq
+            ));
+            if let Some((seq, t)) = r.ended {
+                out(&format!(
+                    "  ended      {} (seq {seq}, after {})",
+                    render::time_ns(t),
+                    request_duration(r)
+                ));
+            }
+            out("");
+            let mut t = Table::new(&[
+                "JOB RUN", "JOB", "STATUS", "ATTEMPT", "DURATION", "OUTPUTS", "MESSAGE",
+            ]);
+            for run in &runs {
+                let d = match (run.running, run.ended) {
+                    (Some((_, s)), Some((_, e))) => {
+                        render::duration(Duration::from_nanos((e - s).max(0) as u64))
+                    }
+                    _ => "-".into(),
+                };
+                let outs = match run.targets.len() {
+                    1 => run.targets[0].clone(),
+                    n => format!("{} (+{} more)", run.targets[0], n - 1),
+                };
+                let att = if run.attempt == 0 { "-".to_string() } else { run.attempt.to_string() };
+                t.row(vec![
+                    (run.id.clone(), run.id.len()),
+                    (run.job_label.clone(), run.job_label.chars().count()),
+                    render::status_cell(color, run.status.as_str_name()),
+                    (att.clone(), att.len()),
+                    (d.clone(), d.len()),
+                    (outs.clone(), outs.chars().count()),
+                    (run.message.clone(), run.message.chars().count()),
+                ]);
+            }
+            t.print();
+            out("");
+            let mut t = Table::new(&["PARTITION", "STATUS", "SEQ", "MESSAGE"]);
+            for (p, k) in keys {
+                let seq = k.seq.to_string();
+                t.row(vec![
+                    (p.clone(), p.chars().count()),
+                    render::status_cell(color, k.status.as_str_name()),
+                    (seq.clone(), seq.len()),
+                    (k.message.clone(), k.message.chars().count()),
+                ]);
+            }
+            t.print();
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn build_mermaid(state: &State, r: &databuild::state::Request, runs: &[&databuild::state::Run]) {
+    out("graph LR");
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let node = |p: &str, ids: &mut HashMap<String, usize>| -> (usize, bool) {
+        let n = ids.len();
+        let fresh = !ids.contains_key(p);
+        (*ids.entry(p.to_string()).or_insert(n), fresh)
+    };
+    let class = |s: PartitionStatus| match s {
+        PartitionStatus::PartitionAvailable => "available",
+        PartitionStatus::PartitionFailed => "failed",
+        PartitionStatus::PartitionDelegated => "skipped",
+        PartitionStatus::PartitionBuilding => "building",
+        _ => "pending",
+    };
+    for ((_, p), k) in state.keys_of(&r.id) {
+        let (i, _) = node(p, &mut ids);
+        out(&format!("  p{i}[\"{}\"]:::{}", render::mermaid_label(p), class(k.status)));
+    }
+    for (t, run) in runs.iter().enumerate() {
+        let c = match run.status {
+            JobStatus::JobCompleted => "available",
+            JobStatus::JobFailed => "failed",
+            JobStatus::JobSkipped => "skipped",
+            JobStatus::JobCancelled => "cancelled",
+            _ => "building",
+        };
+        out(&format!(
+            "  r{t}{{{{\"{} {}\"}}}}:::{c}",
+            render::mermaid_label(&run.job_label),
+            short(run.status.as_str_name())
+        ));
+        for o in &run.targets {
+            let (i, fresh) = node(o, &mut ids);
+            if fresh {
+                out(&format!("  p{i}[\"{}\"]", render::mermaid_label(o)));
+            }
+            out(&format!("  r{t} --> p{i}"));
+        }
+        for input in &run.inputs {
+            if input.dep_type == DepType::Materialize {
+                let (i, fresh) = node(&input.partition, &mut ids);
+                if fresh {
+                    out(&format!(
+                        "  p{i}[\"{}\"]:::skipped",
+                        render::mermaid_label(&input.partition)
+                    ));
+                }
+                out(&format!("  p{i} --> r{t}"));
+            }
+        }
+    }
+    out("  classDef available fill:#d4edda,stroke:#28a745");
+    out("  classDef failed fill:#f8d7da,stroke:#dc3545");
+    out("  classDef skipped fill:#e2e3e5,stroke:#6c757d");
+    out("  classDef building fill:#fff3cd,stroke:#ffc107");
+    out("  classDef cancelled fill:#f3e5f5,stroke:#8e24aa");
+    out("  classDef pending fill:#ffffff,stroke:#999999");
+}
+
+fn lineage_json(n: &LineageNode, downstream: bool) -> Value {
+    let mut v = serde_json::Map::new();
+    v.insert("partitionRef".into(), n.partition.clone().into());
+    if let Some(d) = n.dep_type {
+        v.insert(
+            "depType".into(),
+            if d == DepType::Materialize { "MATERIALIZE" } else { "QUERY" }.into(),
+        );
+    }
+    v.insert("jobRunId".into(), n.job_run_id.clone().into());
+    v.insert("jobLabel".into(), n.job_label.clone().into());
+    v.insert("buildRequestId".into(), n.build_request_id.clone().into());
+    v.insert("seq".into(), n.seq.into());
+    v.insert("startTime".into(), n.start_time.into());
+    v.insert("endTime".into(), n.end_time.into());
+    v.insert("args".into(), n.args.clone().into());
+    v.insert("envKeys".into(), n.env_keys.clone().into());
+    if let Some(s) = n.rebuilt_since_seq {
+        v.insert("rebuiltSinceSeq".into(), s.into());
+    }
+    let children: Vec<Value> = n.children.iter().map(|c| lineage_json(c, downstream)).collect();
+    v.insert(if downstream { "outputs" } else { "inputs" }.into(), children.into());
+    Value::Object(v)
+}
+
+fn lineage_text(
+    n: &LineageNode,
+    prefix: &str,
+    last: bool,
+    root: bool,
+    shown: &mut BTreeSet<(String, String)>,
+) {
+    let branch = if root {
+        ""
+    } else if last {
+        "└─ "
+    } else {
+        "├─ "
+    };
+    let dep = match n.dep_type {
+        Some(DepType::Materialize) => "",
+        Some(DepType::Query) => " [query]",
+        None => "",
+    };
+    let mut line = format!("{prefix}{branch}{}{dep}", n.partition);
+    let again =
+        !n.job_run_id.is_empty() && !shown.insert((n.partition.clone(), n.job_run_id.clone()));
+    if n.job_run_id.is_empty() {
+        line.push_str("  (external, or not AVAILABLE when read)");
+    } else {
+        line.push_str(&format!(
+            "  built by {} run {} (request {}) at seq {}",
+            n.job_label, n.job_run_id, n.build_request_id, n.seq
+        ));
+        if n.start_time > 0 {
+            line.push_str(&format!(
+                ", {} to {}",
+                render::time_s(n.start_time),
+                render::time_s(n.end_time)
+            ));
+        }
+    }
+    if let Some(s) = n.rebuilt_since_seq {
+        line.push_str(&format!("  (rebuilt since, at seq {s})"));
+    }
+    if again {
+        line.push_str("  (see above)");
+    }
+    out(&line);
+    let child_prefix = if root {
+        prefix.to_string()
+    } else if last {
+        format!("{prefix}   ")
+    } else {
+        format!("{prefix}│  ")
+    };
+    if !n.job_run_id.is_empty() && !again && (!n.args.is_empty() || !n.env_keys.is_empty()) {
+        let mut cfg = String::new();
+        if !n.args.is_empty() {
+            cfg.push_str(&format!("args {}", n.args.join(" ")));
+        }
+        if !n.env_keys.is_empty() {
+            cfg.push_str(&format!(
+                "{}env {}",
+                if cfg.is_empty() { "" } else { "; " },
+                n.env_keys.join(" ")
+            ));
+        }
+        let bar = if n.children.is_empty() { "   " } else { "│  " };
+        out(&format!("{child_prefix}{bar}config: {cfg}"));
+    }
+    if again {
+        return;
+    }
+    for (i, c) in n.children.iter().enumerate() {
+        lineage_text(c, &child_prefix, i + 1 == n.children.len(), false, shown);
+    }
+}
+
+fn lineage_mermaid(n: &LineageNode, downstream: bool) {
+    out("graph LR");
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut edges: BTreeSet<String> = BTreeSet::new();
+    fn walk(
+        n: &LineageNode,
+        downstream: bool,
+        ids: &mut HashMap<String, usize>,
+        edges: &mut BTreeSet<String>,
+    ) -> usize {
+        let len = ids.len();
+        let fresh = !ids.contains_key(&n.partition);
+        let me = *ids.entry(n.partition.clone()).or_insert(len);
+        if fresh {
+            let label = if n.job_run_id.is_empty() {
+                n.partition.clone()
+            } else {
+                format!("{}<br/>{}", n.partition, n.job_label)
+            };
+            out(&format!("  p{me}[\"{}\"]", render::mermaid_label(&label)));
+        }
+        for c in &n.children {
+            let k = walk(c, downstream, ids, edges);
+            let arrow = if c.dep_type == Some(DepType::Query) { "-. query .->" } else { "-->" };
+            let e = if downstream {
+                format!("  p{me} --> p{k}")
+            } else {
+                format!("  p{k} {arrow} p{me}")
+            };
+            edges.insert(e);
+        }
+        me
+    }
+    walk(n, downstream, &mut ids, &mut edges);
+    for e in edges {
+        out(&e);
+    }
+}
+
+pub fn lineage(ctx: &Ctx, a: LineageArgs) -> Result<u8, CliError> {
+    let (state, reader) = load(ctx)?;
+    let tree = if a.downstream {
+        query::lineage_down(&state, &reader, &a.partition, a.depth)
+    } else {
+        query::lineage_up(&state, &reader, &a.partition, a.depth)
+    }
+    .map_err(|e| match e {
+        query::LineageError::NeverBuilt(_) => CliError::bad_input(e.to_string()),
+        query::LineageError::Store(s) => exit::store_error(&s, &ctx.log_dir),
+        other => CliError::internal(other),
+    })?;
+    match ctx.format {
+        Format::Json => out(&json(&lineage_json(&tree, a.downstream))),
+        Format::Mermaid => lineage_mermaid(&tree, a.downstream),
+        Format::Text => {
+            let mut shown = BTreeSet::new();
+            lineage_text(&tree, "", true, true, &mut shown);
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
+    ctx.formats("logs", &[Format::Text])?;
+    let (state, _) = load(ctx)?;
+    let Some(run) = state.runs.get(&a.run) else {
+        return Err(CliError::bad_input(format!(
+            "no job run {} in the log; see `databuild builds ID` or `databuild replay` for run ids",
+            a.run
+        )));
+    };
+    let dir = ctx.logs_dir.join(&run.id);
+    out(&format!(
+        "== job run {} ({}, build request {}, {}) ==",
+        run.id,
+        run.job_label,
+        run.request,
+        short(run.status.as_str_name())
+    ));
+    if run.status == JobStatus::JobSkipped {
+        out(&format!("skipped: {}", run.message));
+        return Ok(exit::SUCCESS);
+    }
+    let mut any = false;
+    for (name, file) in [("stdout", "stdout"), ("stderr", "stderr")] {
+        match std::fs::read(dir.join(file)) {
+            Ok(bytes) => {
+                any = true;
+                out(&format!("-- {name} --"));
+                let text = String::from_utf8_lossy(&bytes);
+                for line in text.lines() {
+                    out(line);
+                }
+            }
+            Err(_) => continue,
+        }
+    }
+    if !any {
+        out(&format!(
+            "(no output captured in {}: the run never started, or its logs were removed)",
+            dir.display()
+        ));
+    }
+    if !run.message.is_empty() {
+        out(&format!("-- {} --", short(run.status.as_str_name()).to_lowercase()));
+        out(&run.message);
+    }
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,174 @@
+//! Exit codes and the one mapping from errors to them (CONTRACT.md §5, line for line).
+//!
+//! Every non-zero exit prints one line, `error: <what happened>; <what to do>`, to stderr. For a
+//! job's config error up to 10 indented lines of the job's stderr may follow; for argument errors
+//! clap prints its usage.
+
+use std::path::Path;
+
+use databuild::config::ConfigErrorKind;
+use databuild::driver::DriverError;
+use databuild::graph::{GraphError, LookupError};
+use databuild::planner::PlanError;
+use databuild::request::BuildError;
+use databuild::store::{CommitError, StoreError};
+use databuild_log::OpenError;
+
+/// Success.
+pub const SUCCESS: u8 = 0;
+/// The build ran and something failed; also an internal error.
+pub const FAILED: u8 = 1;
+/// Bad input: arguments, graph file, unknown ref, invalid job config output.
+pub const BAD_INPUT: u8 = 2;
+/// The log cannot be used: corrupt, locked by another writer, unwritable.
+pub const LOG_UNUSABLE: u8 = 3;
+/// Cancelled by SIGINT.
+pub const CANCELLED_SIGINT: u8 = 130;
+/// Cancelled by SIGTERM.
+pub const CANCELLED_SIGTERM: u8 = 143;
+
+/// An error the CLI reports: its exit code, its one line, and optional detail lines.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub line: String,
+    pub detail: Vec<String>,
+}
+
+impl CliError {
+    pub fn bad_input(line: impl Into<String>) -> CliError {
+        CliError { code: BAD_INPUT, line: line.into(), detail: Vec::new() }
+    }
+
+    pub fn failed(line: impl Into<String>) -> CliError {
+        CliError { code: FAILED, line: line.into(), detail: Vec::new() }
+    }
+
+    pub fn log(line: impl Into<String>) -> CliError {
+        CliError { code: LOG_UNUSABLE, line: line.into(), detail: Vec::new() }
+    }
+
+    pub fn internal(line: impl std::fmt::Display) -> CliError {
+        CliError {
+            code: FAILED,
+            line: format!("internal error: {line}; please report it"),
+            detail: Vec::new(),
+        }
+    }
+
+    /// Prints the error to stderr.
+    pub fn print(&self) {
+        if self.line.starts_with("internal error:") {
+            eprintln!("{}", self.line);
+        } else {
+            eprintln!("error: {}", self.line);
+        }
+        for d in &self.detail {
+            eprintln!("    {d}");
+        }
+    }
+}
+
+/// The CLI's message for a log that cannot be opened, with the remedy.
+pub fn open_error(e: &OpenError, dir: &Path) -> CliError {
+    match e {
+        OpenError::Locked { pid, host, .. } => {
+            let who = match (pid, host) {
+                (Some(p), Some(h)) => format!("pid {p} on {h}"),
+                (Some(p), None) => format!("pid {p}"),
+                _ => "another process".to_string(),
+            };
+            CliError::log(format!(
+                "the event log in {} is in use by another databuild ({who}); wait for it to finish, or pass --wait",
+                dir.display()
+            ))
+        }
+        OpenError::Corruption(c) => CliError::log(format!(
+            "{c}; run `databuild verify` for a report, or `databuild repair --truncate` to cut the damaged part (nothing was changed)"
+        )),
+        OpenError::UnsupportedVersion { .. } => {
+            CliError::log(format!("{e}; use a newer databuild"))
+        }
+        OpenError::Io { .. } => {
+            CliError::log(format!("{e}; check the path, its permissions and free space"))
+        }
+        other => CliError::log(format!("{other}")),
+    }
+}
+
+pub fn store_error(e: &StoreError, dir: &Path) -> CliError {
+    match e {
+        StoreError::Open(o) => open_error(o, dir),
+        StoreError::Read(r) => CliError::log(format!("{r}; run `databuild verify` for a report")),
+        StoreError::Decode { .. } | StoreError::Violation(_) => CliError::log(format!(
+            "the event log history is not valid: {e}; run `databuild verify` for a report"
+        )),
+        other => CliError::log(other.to_string()),
+    }
+}
+
+pub fn graph_error(e: &GraphError) -> CliError {
+    CliError::bad_input(e.to_string())
+}
+
+pub fn lookup_error(e: &LookupError) -> CliError {
+    let hint = match e {
+        LookupError::NoOwner(_) => {
+            "; check the ref, or add a job whose partition_patterns match it"
+        }
+        LookupError::Conflict(..) => "; make the jobs' partition_patterns disjoint",
+        LookupError::Invalid(..) => {
+            "; refs are non-empty, without whitespace or control characters"
+        }
+        _ => "",
+    };
+    CliError::bad_input(format!("{e}{hint}"))
+}
+
+pub fn plan_error(e: &PlanError) -> CliError {
+    match e {
+        PlanError::Lookup(l) => lookup_error(l),
+        PlanError::Config(c) => {
+            let hint = match c.kind {
+                ConfigErrorKind::Spawn(_) => "check the entrypoint",
+                _ => "fix the job's config output (see its stderr below, and `databuild analyze`)",
+            };
+            let mut err = CliError::bad_input(format!("{c}; {hint}"));
+            err.detail = c.stderr_tail.clone();
+            err
+        }
+        other => CliError::bad_input(format!("{other}; fix the job configs")),
+    }
+}
+
+pub fn commit_error(e: &CommitError, dir: &Path) -> CliError {
+    match e {
+        CommitError::Violation(v) => {
+            CliError::internal(format!("the engine proposed an illegal event: {v}"))
+        }
+        CommitError::Append(a) => CliError::log(format!(
+            "cannot append to the event log in {}: {a}; check free space and permissions, then run `databuild recover`",
+            dir.display()
+        )),
+        other => CliError::log(other.to_string()),
+    }
+}
+
+pub fn build_error(e: &BuildError, dir: &Path) -> CliError {
+    match e {
+        BuildError::Lookup(l) => lookup_error(l),
+        BuildError::Plan(p) => plan_error(p),
+        BuildError::Commit(c) => commit_error(c, dir),
+        BuildError::Driver(DriverError::Commit(c)) => commit_error(c, dir),
+        BuildError::Driver(d) => {
+            CliError::log(format!("{d}; run `databuild recover` once the cause is fixed"))
+        }
+        other => CliError::internal(other),
+    }
+}
+
+impl From<databuild_log::ReadError> for CliError {
+    fn from(e: databuild_log::ReadError) -> CliError {
+        CliError::log(format!("{e}; run `databuild verify` for a report"))
+    }
+}

@@ -1,0 +1,138 @@
+//! Build progress: a live status line on a terminal (indicatif), plain lines otherwise. Progress
+//! goes to stderr, so stdout carries only results.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use databuild::driver::{Note, Observer};
+use databuild::proto::JobStatus;
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+
+use crate::render;
+
+#[derive(Default)]
+struct Counts {
+    running: std::collections::HashSet<String>,
+    done: usize,
+    failed: usize,
+    skipped: usize,
+    total: usize,
+}
+
+/// Prints build progress.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    counts: Mutex<Counts>,
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Progress {
+        let live =
+            !quiet && std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let bar = live.then(|| {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        Progress { bar, quiet, counts: Mutex::new(Counts::default()), started: Instant::now() }
+    }
+
+    fn line(&self, s: String) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => eprintln!("{s}"),
+        }
+    }
+
+    fn refresh(&self, c: &Counts) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!(
+                "{} running, {} done, {} failed, {} skipped of {} jobs  [{}]",
+                c.running.len(),
+                c.done,
+                c.failed,
+                c.skipped,
+                c.total,
+                render::duration(self.started.elapsed())
+            ));
+        }
+    }
+
+    /// Removes the live line before the final result is printed.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn outputs(o: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut s = o.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(" ");
+    if o.len() > SHOWN {
+        s.push_str(&format!(" (+{} more)", o.len() - SHOWN));
+    }
+    s
+}
+
+impl Observer for Progress {
+    fn note(&self, note: Note) {
+        let mut c = self.counts.lock();
+        match note {
+            Note::Planned { tasks, skipped, .. } => {
+                c.total = tasks;
+                c.skipped = skipped;
+                self.line(format!(
+                    "planned {tasks} jobs to run, {skipped} partitions already available"
+                ));
+            }
+            Note::Started { job, run, outputs: o, attempt } => {
+                c.running.insert(run.clone());
+                let again =
+                    if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+                self.line(format!("start  {job}  {}{again}  run {run}", outputs(&o)));
+            }
+            Note::Finished { job, run, outputs: o, status, message, duration, retrying } => {
+                c.running.remove(&run);
+                let word = match status {
+                    JobStatus::JobCompleted => {
+                        c.done += 1;
+                        "done  "
+                    }
+                    JobStatus::JobCancelled => "cancel",
+                    _ if retrying => "retry ",
+                    _ => {
+                        c.failed += 1;
+                        "FAILED"
+                    }
+                };
+                let mut s = format!(
+                    "{word} {job}  {}  {}  run {run}",
+                    outputs(&o),
+                    render::duration(duration)
+                );
+                if !message.is_empty() {
+                    s.push_str(&format!("  {message}"));
+                }
+                self.line(s);
+            }
+            Note::Cancelling { signal } => {
+                let name = if signal == databuild::sys::SIGINT { "SIGINT" } else { "SIGTERM" };
+                self.line(format!("{name}: cancelling the build (stopping running jobs; send it again to kill them now)"));
+            }
+            Note::Warning(w) => self.line(format!("warning: {w}")),
+            Note::Done { .. } => {}
+        }
+        self.refresh(&c);
+    }
+}

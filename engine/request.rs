@@ -1,0 +1,112 @@
+//! A build request from the user's refs to its end: look up, accept, plan, commit the plan, drive.
+//!
+//! Requested refs are looked up before anything is written, so bad input leaves the log untouched.
+//! Planning failures after RECEIVED are recorded (FAILED per requested partition, then the
+//! request FAILED) and reported as bad input. `analyze` runs the same planning read-only.
+
+use std::sync::Arc;
+
+use crate::driver::{Driver, DriverError, Note, Observer, Outcome, Settings};
+use crate::events as ev;
+use crate::graph::{Graph, LookupError};
+use crate::planner::{self, Plan, PlanError};
+use crate::proto::{BuildRequestStatus, PartitionStatus};
+use crate::state::State;
+use crate::store::{CommitError, Store};
+
+/// Why a build did not run to its end.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A ref could not be looked up (nothing was written).
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// Planning failed (recorded in the log as a FAILED request).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A commit failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// The driver stopped.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BuildSpec {
+    /// The refs asked for.
+    pub refs: Vec<String>,
+    /// Rebuild them even if AVAILABLE.
+    pub force: bool,
+}
+
+/// Plans `refs` against a read-only state: what a build would run. Nothing is written.
+pub async fn analyze(
+    graph: &Graph,
+    state: &State,
+    refs: &[String],
+    force: bool,
+    jobs: usize,
+) -> Result<Plan, PlanError> {
+    planner::plan(graph, state, refs, force, jobs, None, None).await
+}
+
+/// Runs a new build request to its end.
+pub async fn build(
+    store: Arc<Store>,
+    graph: Arc<Graph>,
+    settings: Settings,
+    observer: Arc<dyn Observer>,
+    spec: BuildSpec,
+) -> Result<(String, Outcome), BuildError> {
+    for r in &spec.refs {
+        graph.owner(r)?;
+    }
+    let mut refs: Vec<String> = Vec::with_capacity(spec.refs.len());
+    for r in &spec.refs {
+        if !refs.contains(r) {
+            refs.push(r.clone());
+        }
+    }
+    let req = store.new_id();
+    let mut accepted = vec![ev::received(&req, &refs, spec.force, &graph.digest)];
+    accepted.extend(
+        refs.iter().map(|r| ev::partition(&req, r, PartitionStatus::PartitionRequested, "", "")),
+    );
+    // Durable with the next commit, which is awaited (seqs are durable in order).
+    drop(store.submit(accepted)?);
+    store.commit(vec![ev::request(&req, BuildRequestStatus::BuildRequestPlanning, "")]).await?;
+
+    let config_logs = settings.logs_dir.join(&req).join("config");
+    let planned = planner::plan(
+        &graph,
+        &*store,
+        &refs,
+        spec.force,
+        settings.jobs,
+        Some(&req),
+        Some(&config_logs),
+    )
+    .await;
+    let plan = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            let message = format!("planning failed: {e}");
+            let mut events: Vec<_> = refs
+                .iter()
+                .map(|r| ev::partition(&req, r, PartitionStatus::PartitionFailed, "", &message))
+                .collect();
+            events.push(ev::request(&req, BuildRequestStatus::BuildRequestFailed, &message));
+            store.commit(events).await?;
+            return Err(BuildError::Plan(e));
+        }
+    };
+    let tasks = plan.nodes.len();
+    let (events, exec, skipped) = crate::driver::plan_commit(&store, &req, plan);
+    // Nothing acts on the plan before a later commit (JOB_RUNNING) is durable, which implies it.
+    drop(store.submit(events)?);
+    observer.note(Note::Planned { request: req.clone(), tasks, skipped });
+    let outcome = Driver::new(store, graph, settings, observer, vec![exec]).run().await?;
+    Ok((req, outcome))
+}

@@ -1,0 +1,154 @@
+//! Pure scheduling decisions over a plan and the folded state: which tasks are ready, what a
+//! failure makes unbuildable, and how a request ends. No I/O, no clock; the driver
+//! (`driver.rs`) performs what these decide.
+
+use crate::planner::Plan;
+use crate::proto::{BuildRequestStatus, PartitionStatus};
+use crate::state::State;
+
+/// Where a task of a plan stands in one execution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Waiting for its MATERIALIZE inputs.
+    Waiting,
+    /// JOB_SCHEDULED is written; not started yet.
+    Queued {
+        /// The run id.
+        run: String,
+        /// Its attempt number.
+        attempt: u32,
+    },
+    /// Its shim is spawned and JOB_RUNNING submitted; the job starts once that is durable.
+    Running {
+        /// The run id.
+        run: String,
+        /// Its attempt number.
+        attempt: u32,
+    },
+    /// Its outputs are AVAILABLE (built by this request, or delegated).
+    Done,
+    /// Its last attempt failed.
+    Failed,
+    /// An upstream task failed: it will not run.
+    Blocked,
+    /// Cancelled before it could finish.
+    Cancelled,
+}
+
+impl NodeState {
+    /// Whether a run of this task is queued or running.
+    pub fn is_live(&self) -> bool {
+        matches!(self, NodeState::Queued { .. } | NodeState::Running { .. })
+    }
+}
+
+/// Nodes that depend, directly or not, on `node`.
+pub fn downstream(plan: &Plan, node: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut hit = vec![false; plan.nodes.len()];
+    hit[node] = true;
+    // Nodes are in topological order: one forward pass finds the whole closure.
+    for i in node + 1..plan.nodes.len() {
+        if plan.nodes[i].deps.iter().any(|&d| hit[d]) {
+            hit[i] = true;
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// Whether `node` may be scheduled: it waits, every task it depends on is done, and every
+/// MATERIALIZE input is AVAILABLE in the catalog.
+pub fn is_ready(state: &State, plan: &Plan, nodes: &[NodeState], node: usize) -> bool {
+    nodes[node] == NodeState::Waiting
+        && plan.nodes[node].deps.iter().all(|&d| nodes[d] == NodeState::Done)
+        && plan.nodes[node].materialize.iter().all(|i| state.is_available(i))
+}
+
+/// Nodes waiting for an input that can no longer appear: nothing live produces it and it is not
+/// AVAILABLE. Only meaningful once nothing of the execution is live.
+pub fn stuck(state: &State, plan: &Plan, nodes: &[NodeState]) -> Vec<usize> {
+    (0..plan.nodes.len())
+        .filter(|&i| nodes[i] == NodeState::Waiting && !is_ready(state, plan, nodes, i))
+        .collect()
+}
+
+/// How a request ends once nothing of it is live: COMPLETED if every requested ref is AVAILABLE.
+pub fn outcome(state: &State, requested: &[String], cancelled: bool) -> BuildRequestStatus {
+    if cancelled {
+        BuildRequestStatus::BuildRequestCancelled
+    } else if requested.iter().all(|r| state.is_available(r)) {
+        BuildRequestStatus::BuildRequestCompleted
+    } else {
+        BuildRequestStatus::BuildRequestFailed
+    }
+}
+
+/// Partitions of `request` still REQUESTED, ANALYZED or BUILDING: the final commit closes them.
+pub fn open_partitions(state: &State, request: &str) -> Vec<(String, PartitionStatus)> {
+    state
+        .keys_of(request)
+        .filter(|(_, k)| {
+            matches!(
+                k.status,
+                PartitionStatus::PartitionRequested
+                    | PartitionStatus::PartitionAnalyzed
+                    | PartitionStatus::PartitionBuilding
+            )
+        })
+        .map(|((_, p), k)| (p.clone(), k.status))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::Node;
+    use crate::proto::JobConfig;
+
+    fn plan(deps: &[&[usize]]) -> Plan {
+        Plan {
+            label: "g".into(),
+            requested: vec![],
+            nodes: deps
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Node {
+                    job: "j".into(),
+                    config: JobConfig::default(),
+                    outputs: vec![format!("p{i}")],
+                    materialize: d.iter().map(|x| format!("p{x}")).collect(),
+                    query: vec![],
+                    deps: d.to_vec(),
+                })
+                .collect(),
+            satisfied: vec![],
+            producer: Default::default(),
+        }
+    }
+
+    #[test]
+    fn downstream_is_the_transitive_closure() {
+        // 0 -> 1 -> 3, 0 -> 2, 4 independent
+        let p = plan(&[&[], &[0], &[0], &[1], &[]]);
+        assert_eq!(downstream(&p, 0), vec![1, 2, 3]);
+        assert_eq!(downstream(&p, 1), vec![3]);
+        assert!(downstream(&p, 4).is_empty());
+    }
+
+    #[test]
+    fn a_node_is_ready_only_when_its_dependencies_are_done() {
+        let p = plan(&[&[], &[0]]);
+        let s = State::new();
+        let mut nodes = vec![NodeState::Waiting, NodeState::Waiting];
+        assert!(is_ready(&s, &p, &nodes, 0));
+        assert!(!is_ready(&s, &p, &nodes, 1));
+        nodes[0] = NodeState::Done;
+        // Done, but its output is not AVAILABLE in this (empty) state.
+        assert!(!is_ready(&s, &p, &nodes, 1));
+        assert_eq!(stuck(&s, &p, &nodes), vec![1]);
+        assert_eq!(outcome(&s, &[], false), BuildRequestStatus::BuildRequestCompleted);
+        assert_eq!(outcome(&s, &["x".into()], false), BuildRequestStatus::BuildRequestFailed);
+        assert_eq!(outcome(&s, &[], true), BuildRequestStatus::BuildRequestCancelled);
+    }
+}
