@@ -451,13 +451,19 @@ impl Driver {
             let label = self.execs[e].plan.nodes[n].job.clone();
             let cap = self.graph.job(&label).and_then(|j| self.graph.jobs[j].max_concurrency);
             let running = self.running_by_job.get(&label).copied().unwrap_or(0);
-            // Never release a run while one of its outputs is being built by another run.
+            // Never release a run while one of its outputs is being built by another live run
+            // (a previous attempt of this task is not live: its partitions stay BUILDING).
             let busy = {
                 let state = self.store.state();
-                self.execs[e].plan.nodes[n]
-                    .outputs
-                    .iter()
-                    .any(|o| state.partition_status(o) == PartitionStatus::PartitionBuilding)
+                self.execs[e].plan.nodes[n].outputs.iter().any(|o| {
+                    state
+                        .catalog
+                        .get(o)
+                        .and_then(|c| c.shown())
+                        .filter(|f| f.status == PartitionStatus::PartitionBuilding)
+                        .and_then(|f| state.runs.get(&f.job_run_id))
+                        .is_some_and(|r| r.is_live())
+                })
             };
             if cap.is_some_and(|c| running >= c as usize) || busy {
                 deferred.push_back((e, n));
@@ -961,9 +967,22 @@ impl Driver {
         } else {
             "not built: an upstream job failed".to_string()
         };
+        // A BUILDING partition is closed naming the (ended) run that was building it, so the
+        // catalog shows it FAILED rather than still BUILDING.
         let mut events: Vec<BuildEvent> = scheduler::open_partitions(&state, &req)
             .into_iter()
-            .map(|(p, _)| ev::partition(&req, &p, PartitionStatus::PartitionFailed, "", &reason))
+            .map(|(p, status)| {
+                let run = match status {
+                    PartitionStatus::PartitionBuilding => state
+                        .keys
+                        .get(&(req.clone(), p.clone()))
+                        .map(|k| k.job_run_id.clone())
+                        .filter(|r| state.runs.get(r).is_some_and(|r| !r.is_live()))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                ev::partition(&req, &p, PartitionStatus::PartitionFailed, &run, &reason)
+            })
             .collect();
         let message = match status {
             BuildRequestStatus::BuildRequestCompleted => String::new(),

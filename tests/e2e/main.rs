@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `databuild` binary on the shipped examples and on small graphs
+//! made in temp directories (ripgrep's layout: one test binary, a module per topic).
+
+mod bad_input;
+mod build;
+mod concurrency;
+mod history;
+mod log_damage;
+mod util;
