@@ -38,6 +38,7 @@ fn event(i: u64) -> BuildEvent {
             message: String::new(),
             config: None,
             manifests: Vec::new(),
+            ..JobEvent::default()
         })),
     }
 }

@@ -133,7 +133,7 @@ pub fn jobs(ctx: &Ctx, a: JobsArgs) -> Result<u8, CliError> {
         return Ok(exit::SUCCESS);
     };
     let runs = query::job_runs(&state, &label);
-    let known = !runs.is_empty() || state.runs.values().any(|r| r.job_label == label);
+    let known = !runs.is_empty() || state.runs.values().any(|r| *r.job_label == *label);
     if !known {
         let in_graph = ctx.graph().ok().is_some_and(|g| g.job(&label).is_some());
         if !in_graph {
@@ -173,8 +173,8 @@ pub fn jobs(ctx: &Ctx, a: JobsArgs) -> Result<u8, CliError> {
                     render::duration(std::time::Duration::from_millis(m))
                 });
                 t.row(vec![
-                    (r.id.clone(), r.id.len()),
-                    (r.request.clone(), r.request.len()),
+                    (r.id.to_string(), r.id.len()),
+                    (r.request.to_string(), r.request.len()),
                     render::status_cell(color, r.status.as_str_name()),
                     (started.clone(), started.len()),
                     (d.clone(), d.len()),

@@ -25,8 +25,12 @@ fn open_reader(ctx: &Ctx) -> Result<Reader, CliError> {
         .map_err(|e| exit::open_error(&e, &ctx.log_dir))
 }
 
-fn load(ctx: &Ctx) -> Result<(State, Reader), CliError> {
-    store::load(&ctx.log_dir, u64::MAX).map_err(|e| exit::store_error(&e, &ctx.log_dir))
+/// Folds the whole log. The state is leaked on purpose: the command exits right after using it,
+/// and freeing hundreds of megabytes of small allocations one by one would only delay the exit.
+pub fn load(ctx: &Ctx) -> Result<(&'static State, Reader), CliError> {
+    let (state, reader) =
+        store::load(&ctx.log_dir, u64::MAX).map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
+    Ok((Box::leak(Box::new(state)), reader))
 }
 
 /// The refs an event names (for `--partition`).
@@ -196,10 +200,12 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
         Some(at) => {
             let until = render::parse_until("--at", at)?;
             let reader = open_reader(ctx)?;
-            query::state_at(&reader, until).map_err(|e| exit::store_error(&e, &ctx.log_dir))?
+            &*Box::leak(Box::new(
+                query::state_at(&reader, until).map_err(|e| exit::store_error(&e, &ctx.log_dir))?,
+            ))
         }
     };
-    let rows = query::status_rows(&state, &a.refs);
+    let rows = query::status_rows(state, &a.refs);
     match ctx.format {
         Format::Json => {
             for r in rows {
@@ -255,12 +261,12 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
     let (state, _) = load(ctx)?;
     if let Some(id) = &a.id {
         ctx.formats("builds ID", &[Format::Text, Format::Json, Format::Mermaid])?;
-        let Some(r) = state.requests.get(id) else {
+        let Some(r) = state.requests.get(id.as_str()) else {
             return Err(CliError::bad_input(format!(
                 "no build request {id} in the log; see `databuild builds` for the ids"
             )));
         };
-        return build_detail(ctx, &state, r);
+        return build_detail(ctx, state, r);
     }
     ctx.formats("builds", &[Format::Text, Format::Json])?;
     let mut reqs: Vec<&databuild::state::Request> = state.requests.values().collect();
@@ -289,13 +295,13 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
                 Table::new(&["BUILD REQUEST", "STATUS", "RECEIVED", "DURATION", "REQUESTED"]);
             for r in reqs {
                 let requested = match r.requested.len() {
-                    1 => r.requested[0].clone(),
+                    1 => r.requested[0].to_string(),
                     n => format!("{} (+{} more)", r.requested[0], n - 1),
                 };
                 let received = render::time_ns(r.received_ts);
                 let d = request_duration(r);
                 t.row(vec![
-                    (r.id.clone(), r.id.len()),
+                    (r.id.to_string(), r.id.len()),
                     render::status_cell(color, r.status.as_str_name()),
                     (received.clone(), received.len()),
                     (d.clone(), d.len()),
@@ -311,8 +317,7 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
 fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Result<u8, CliError> {
     let runs: Vec<&databuild::state::Run> =
         r.runs.iter().filter_map(|id| state.runs.get(id)).collect();
-    let keys: Vec<(&String, &databuild::state::Key)> =
-        state.keys_of(&r.id).map(|((_, p), k)| (p, k)).collect();
+    let keys = state.keys_of(&r.id);
     match ctx.format {
         Format::Json => {
             let jobs: Vec<Value> = runs
@@ -382,13 +387,13 @@ fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Resu
                     _ => "-".into(),
                 };
                 let outs = match run.targets.len() {
-                    1 => run.targets[0].clone(),
+                    1 => run.targets[0].to_string(),
                     n => format!("{} (+{} more)", run.targets[0], n - 1),
                 };
                 let att = if run.attempt == 0 { "-".to_string() } else { run.attempt.to_string() };
                 t.row(vec![
-                    (run.id.clone(), run.id.len()),
-                    (run.job_label.clone(), run.job_label.chars().count()),
+                    (run.id.to_string(), run.id.len()),
+                    (run.job_label.to_string(), run.job_label.chars().count()),
                     render::status_cell(color, run.status.as_str_name()),
                     (att.clone(), att.len()),
                     (d.clone(), d.len()),
@@ -402,7 +407,7 @@ fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Resu
             for (p, k) in keys {
                 let seq = k.seq.to_string();
                 t.row(vec![
-                    (p.clone(), p.chars().count()),
+                    (p.to_string(), p.chars().count()),
                     render::status_cell(color, k.status.as_str_name()),
                     (seq.clone(), seq.len()),
                     (k.message.clone(), k.message.chars().count()),
@@ -429,7 +434,7 @@ fn build_mermaid(state: &State, r: &databuild::state::Request, runs: &[&databuil
         PartitionStatus::PartitionBuilding => "building",
         _ => "pending",
     };
-    for ((_, p), k) in state.keys_of(&r.id) {
+    for (p, k) in state.keys_of(&r.id) {
         let (i, _) = node(p, &mut ids);
         out(&format!("  p{i}[\"{}\"]:::{}", render::mermaid_label(p), class(k.status)));
     }
@@ -615,9 +620,9 @@ fn lineage_mermaid(n: &LineageNode, downstream: bool) {
 pub fn lineage(ctx: &Ctx, a: LineageArgs) -> Result<u8, CliError> {
     let (state, reader) = load(ctx)?;
     let tree = if a.downstream {
-        query::lineage_down(&state, &reader, &a.partition, a.depth)
+        query::lineage_down(state, &reader, &a.partition, a.depth)
     } else {
-        query::lineage_up(&state, &reader, &a.partition, a.depth)
+        query::lineage_up(state, &reader, &a.partition, a.depth)
     }
     .map_err(|e| match e {
         query::LineageError::NeverBuilt(_) => CliError::bad_input(e.to_string()),
@@ -638,13 +643,13 @@ pub fn lineage(ctx: &Ctx, a: LineageArgs) -> Result<u8, CliError> {
 pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
     ctx.formats("logs", &[Format::Text])?;
     let (state, _) = load(ctx)?;
-    let Some(run) = state.runs.get(&a.run) else {
+    let Some(run) = state.runs.get(a.run.as_str()) else {
         return Err(CliError::bad_input(format!(
             "no job run {} in the log; see `databuild builds ID` or `databuild replay` for run ids",
             a.run
         )));
     };
-    let dir = ctx.logs_dir.join(&run.id);
+    let dir = ctx.logs_dir.join(&*run.id);
     out(&format!(
         "== job run {} ({}, build request {}, {}) ==",
         run.id,

@@ -241,8 +241,8 @@ enum Msg {
     Kill(String),
     /// A note whose commit is now durable.
     Report(Note),
-    /// A commit with nothing to do after it is durable.
-    Durable,
+    /// A commit is durable: what was waiting for it.
+    Committed(Vec<Msg>),
     /// A commit failed after submission.
     CommitFailed(String),
 }
@@ -260,6 +260,9 @@ pub struct Driver {
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
     waiting: usize,
+    /// What to do once the events staged in this turn are durable (they become one commit, one
+    /// fsync, however many decisions made them).
+    staged_then: Vec<Msg>,
     cancelling: Option<i32>,
     fatal: Option<String>,
 }
@@ -279,15 +282,21 @@ fn unix_secs(t: SystemTime) -> i64 {
 
 impl Driver {
     /// A driver for `execs`. Tasks already marked (e.g. Queued with a run id by the plan commit)
-    /// keep their state.
+    /// keep their state. `first` are events not yet submitted (the plan commit): they join the
+    /// driver's first commit, with the JOB_RUNNING of the jobs it launches at once.
     pub fn new(
         store: Arc<Store>,
         graph: Arc<Graph>,
         settings: Settings,
         observer: Arc<dyn Observer>,
         execs: Vec<Exec>,
+        first: Vec<BuildEvent>,
     ) -> Driver {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let mut fatal = None;
+        if let Err(e) = store.stage(first) {
+            fatal = Some(e.to_string());
+        }
         let mut queue = VecDeque::new();
         for (e, x) in execs.iter().enumerate() {
             for (n, s) in x.nodes.iter().enumerate() {
@@ -308,8 +317,9 @@ impl Driver {
             tx,
             rx,
             waiting: 0,
+            staged_then: Vec::new(),
             cancelling: None,
-            fatal: None,
+            fatal,
         }
     }
 
@@ -319,6 +329,7 @@ impl Driver {
         let mut sigint = signal(SignalKind::interrupt()).map_err(DriverError::Setup)?;
         let mut sigterm = signal(SignalKind::terminate()).map_err(DriverError::Setup)?;
         self.pump();
+        self.flush();
         while !(self.execs.iter().all(|x| x.finished) && self.live.is_empty() && self.waiting == 0)
         {
             if self.fatal.is_some() && self.live.is_empty() && self.waiting == 0 {
@@ -332,7 +343,12 @@ impl Driver {
                 _ = sigint.recv() => self.on_signal(sys::SIGINT),
                 _ = sigterm.recv() => self.on_signal(sys::SIGTERM),
             }
+            // Whatever else has arrived joins this turn, so a burst of exits is one commit.
+            while let Ok(m) = self.rx.try_recv() {
+                self.handle(m);
+            }
             self.pump();
+            self.flush();
         }
         if let Some(f) = self.fatal {
             return Err(DriverError::Fatal(f));
@@ -342,7 +358,7 @@ impl Driver {
             .execs
             .iter()
             .map(|x| {
-                let r = state.requests.get(&x.request);
+                let r = state.requests.get(x.request.as_str());
                 RequestEnd {
                     request: x.request.clone(),
                     status: r.map_or(BuildRequestStatus::BuildRequestUnknown, |r| r.status),
@@ -353,29 +369,42 @@ impl Driver {
         Ok(Outcome { requests, signal: self.cancelling })
     }
 
-    /// Submits a commit; once durable, `then` (if any) is delivered to the loop.
-    fn commit(&mut self, events: Vec<BuildEvent>, then: Option<Msg>) -> bool {
+    /// Stages events for this turn's commit (the state sees them at once); once the commit is
+    /// durable, `then` (if any) is handled.
+    fn commit(&mut self, events: Vec<BuildEvent>, then: Option<Msg>) {
         if self.fatal.is_some() {
-            return false;
+            return;
         }
-        match self.store.submit(events) {
-            Ok(p) => {
-                self.after_durable(p, then.unwrap_or(Msg::Durable));
-                true
-            }
-            Err(e) => {
-                self.fail_fatally(e.to_string());
-                false
-            }
+        match self.store.stage(events) {
+            Ok(()) => self.staged_then.extend(then),
+            Err(e) => self.fail_fatally(e.to_string()),
         }
     }
 
-    fn after_durable(&mut self, p: Pending, then: Msg) {
+    /// Submits what this turn staged as one commit.
+    fn flush(&mut self) {
+        if self.fatal.is_some() {
+            self.staged_then.clear();
+            return;
+        }
+        let then = std::mem::take(&mut self.staged_then);
+        match self.store.flush() {
+            Ok(Some(p)) => self.after_durable(p, then),
+            Ok(None) => {
+                for m in then {
+                    self.handle(m);
+                }
+            }
+            Err(e) => self.fail_fatally(e.to_string()),
+        }
+    }
+
+    fn after_durable(&mut self, p: Pending, then: Vec<Msg>) {
         self.waiting += 1;
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let msg = match p.durable().await {
-                Ok(_) => then,
+                Ok(_) => Msg::Committed(then),
                 Err(e) => Msg::CommitFailed(e.to_string()),
             };
             let _ = tx.send(msg).await;
@@ -398,10 +427,7 @@ impl Driver {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Released(run) => {
-                self.waiting -= 1;
-                self.on_released(&run);
-            }
+            Msg::Released(run) => self.on_released(&run),
             Msg::Exited(run, status) => self.on_exited(&run, status),
             Msg::Timeout(run) => self.on_timeout(&run),
             Msg::Kill(run) => {
@@ -409,11 +435,13 @@ impl Driver {
                     let _ = sys::signal_group(l.pgid, sys::SIGKILL);
                 }
             }
-            Msg::Report(note) => {
+            Msg::Report(note) => self.observer.note(note),
+            Msg::Committed(then) => {
                 self.waiting -= 1;
-                self.observer.note(note);
+                for m in then {
+                    self.handle(m);
+                }
             }
-            Msg::Durable => self.waiting -= 1,
             Msg::CommitFailed(why) => {
                 self.waiting -= 1;
                 self.fail_fatally(why);
@@ -458,7 +486,7 @@ impl Driver {
                 self.execs[e].plan.nodes[n].outputs.iter().any(|o| {
                     state
                         .catalog
-                        .get(o)
+                        .get(o.as_str())
                         .and_then(|c| c.shown())
                         .filter(|f| f.status == PartitionStatus::PartitionBuilding)
                         .and_then(|f| state.runs.get(&f.job_run_id))
@@ -549,7 +577,6 @@ impl Driver {
         }
     }
 
-    #[expect(clippy::type_complexity, reason = "a private constructor's tuple of handles")]
     fn spawn(
         &self,
         req: &str,
@@ -622,13 +649,13 @@ impl Driver {
                     dep_type: d.dep_type,
                     ..PartitionManifest::default()
                 };
-                if let Some(f) = state.catalog.get(&p.str).and_then(|c| c.shown())
+                if let Some(f) = state.catalog.get(p.str.as_str()).and_then(|c| c.shown())
                     && f.status == PartitionStatus::PartitionAvailable
                 {
-                    m.job_run_id = f.job_run_id.clone();
+                    m.job_run_id = f.job_run_id.to_string();
                     if let Some(r) = state.runs.get(&f.job_run_id) {
                         m.task = Some(Task {
-                            job: Some(JobLabel { label: r.job_label.clone() }),
+                            job: Some(JobLabel { label: r.job_label.to_string() }),
                             config: None,
                         });
                         if let Some((s, t)) = r.manifest_times {
@@ -757,10 +784,8 @@ impl Driver {
         events.push(j.event(JobStatus::JobCancelled));
         let state = self.store.state();
         for o in &node.outputs {
-            let open = state
-                .keys
-                .get(&(req.clone(), o.clone()))
-                .is_some_and(|k| k.status == PartitionStatus::PartitionBuilding);
+            let open =
+                state.key(&req, o).is_some_and(|k| k.status == PartitionStatus::PartitionBuilding);
             if open {
                 events.push(ev::partition(
                     &req,
@@ -881,7 +906,7 @@ impl Driver {
         } else {
             let state = self.store.state();
             for o in &node.outputs {
-                let k = state.keys.get(&(req.clone(), o.clone())).map(|k| k.status);
+                let k = state.key(&req, o).map(|k| k.status);
                 if matches!(
                     k,
                     Some(PartitionStatus::PartitionBuilding | PartitionStatus::PartitionAnalyzed)
@@ -903,7 +928,7 @@ impl Driver {
                     continue;
                 }
                 for o in &self.execs[e].plan.nodes[b].outputs {
-                    let k = state.keys.get(&(req.clone(), o.clone())).map(|k| k.status);
+                    let k = state.key(&req, o).map(|k| k.status);
                     if matches!(
                         k,
                         Some(
@@ -974,10 +999,9 @@ impl Driver {
             .map(|(p, status)| {
                 let run = match status {
                     PartitionStatus::PartitionBuilding => state
-                        .keys
-                        .get(&(req.clone(), p.clone()))
-                        .map(|k| k.job_run_id.clone())
-                        .filter(|r| state.runs.get(r).is_some_and(|r| !r.is_live()))
+                        .key(&req, &p)
+                        .map(|k| k.job_run_id.to_string())
+                        .filter(|r| state.runs.get(r.as_str()).is_some_and(|r| !r.is_live()))
                         .unwrap_or_default(),
                     _ => String::new(),
                 };
@@ -1060,21 +1084,23 @@ pub fn plan_commit(store: &Store, request: &str, plan: Plan) -> (Vec<BuildEvent>
     for r in &plan.satisfied {
         let Some(f) = state
             .catalog
-            .get(r)
+            .get(r.as_str())
             .and_then(|c| c.shown())
             .filter(|f| f.status == PartitionStatus::PartitionAvailable)
         else {
             continue;
         };
-        let label =
-            state.runs.get(&f.job_run_id).map_or_else(String::new, |run| run.job_label.clone());
+        let label = state
+            .runs
+            .get(&*f.job_run_id)
+            .map_or_else(String::new, |run| run.job_label.to_string());
         let msg = format!("AVAILABLE since seq {} (built by run {})", f.seq, f.job_run_id);
         events.push(ev::delegation(request, r, &f.build_request_id, &msg));
         events.push(ev::partition(request, r, PartitionStatus::PartitionDelegated, "", &msg));
         let entry = skipped.entry(label).or_default();
         entry.0.push(r.clone());
-        if !entry.1.contains(&f.job_run_id) {
-            entry.1.push(f.job_run_id.clone());
+        if !entry.1.iter().any(|r| **r == *f.job_run_id) {
+            entry.1.push(f.job_run_id.to_string());
         }
     }
     let skipped_count = skipped.values().map(|(r, _)| r.len()).sum();

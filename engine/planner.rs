@@ -356,8 +356,7 @@ fn describe_cycle(nodes: &[Node], deps: &[Vec<usize>], indegree: &[usize]) -> St
     let start = indegree.iter().position(|&d| d > 0).unwrap_or(0);
     let mut path = vec![start];
     let mut at = start;
-    loop {
-        let Some(&next) = deps[at].iter().find(|&&d| indegree[d] > 0) else { break };
+    while let Some(&next) = deps[at].iter().find(|&&d| indegree[d] > 0) {
         if let Some(pos) = path.iter().position(|&p| p == next) {
             let cycle: Vec<String> = path[pos..]
                 .iter()

@@ -36,14 +36,14 @@ pub fn status_rows(state: &State, refs: &[String]) -> Vec<StatusRow> {
         StatusRow {
             partition: p.to_string(),
             status: f.map_or(PartitionStatus::PartitionUnknown, |f| f.status),
-            job_run_id: f.map(|f| f.job_run_id.clone()).unwrap_or_default(),
-            build_request_id: f.map(|f| f.build_request_id.clone()).unwrap_or_default(),
+            job_run_id: f.map(|f| f.job_run_id.to_string()).unwrap_or_default(),
+            build_request_id: f.map(|f| f.build_request_id.to_string()).unwrap_or_default(),
             seq: f.map_or(0, |f| f.seq),
             message: f.map(|f| f.message.clone()).unwrap_or_default(),
         }
     };
     if refs.is_empty() {
-        state.catalog.keys().map(|p| row(p)).collect()
+        state.partitions().into_iter().map(|p| row(p)).collect()
     } else {
         refs.iter().map(|p| row(p)).collect()
     }
@@ -162,8 +162,8 @@ fn instance(
         ..LineageNode::default()
     };
     if let Some(r) = state.runs.get(run) {
-        n.job_label = r.job_label.clone();
-        n.build_request_id = r.request.clone();
+        n.job_label = r.job_label.to_string();
+        n.build_request_id = r.request.to_string();
         if let Some((s, e)) = r.manifest_times {
             n.start_time = s;
             n.end_time = e;
@@ -179,14 +179,14 @@ fn instance(
 /// The seq at which `run` made `partition` AVAILABLE, and the first later AVAILABLE of it.
 fn available_seqs(state: &State, partition: &str, run: &str) -> (u64, Option<u64>) {
     let Some(c) = state.catalog.get(partition) else { return (0, None) };
-    let at = c.available.iter().find(|(_, r)| r == run).map_or(0, |(s, _)| *s);
-    let later = c.available.iter().find(|(s, r)| *s > at && r != run).map(|(s, _)| *s);
+    let at = c.available.iter().find(|(_, r)| &**r == run).map_or(0, |(s, _)| *s);
+    let later = c.available.iter().find(|(s, r)| *s > at && &**r != run).map(|(s, _)| *s);
     (at, if at > 0 { later } else { None })
 }
 
 /// The current AVAILABLE instance of `partition`: (seq, run).
 pub fn current_instance(state: &State, partition: &str) -> Option<(u64, String)> {
-    state.catalog.get(partition)?.available.last().cloned()
+    state.catalog.get(partition)?.available.last().map(|(s, r)| (*s, r.to_string()))
 }
 
 /// Where `partition` came from: the run that built its current AVAILABLE instance, the inputs it
@@ -222,7 +222,7 @@ fn up(
     let Some(r) = state.runs.get(run) else { return Ok(n) };
     for input in &r.inputs {
         let child = if input.producer_run.is_empty() {
-            LineageNode { partition: input.partition.clone(), ..LineageNode::default() }
+            LineageNode { partition: input.partition.to_string(), ..LineageNode::default() }
         } else {
             let (at, later) = available_seqs(state, &input.partition, &input.producer_run);
             let mut c = up(
@@ -277,17 +277,17 @@ fn down(
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    let runs: BTreeSet<&String> =
-        state.readers.get(partition).map(|v| v.iter().collect()).unwrap_or_default();
+    let runs: BTreeSet<&str> =
+        state.readers.get(partition).map(|v| v.iter().map(|r| &**r).collect()).unwrap_or_default();
     for run in runs {
-        let Some(r) = state.runs.get(run.as_str()) else { continue };
-        if !r.inputs.iter().any(|i| i.partition == partition && i.producer_run == producer) {
+        let Some(r) = state.runs.get(run) else { continue };
+        if !r.inputs.iter().any(|i| &*i.partition == partition && &*i.producer_run == producer) {
             continue;
         }
         for o in &r.targets {
             let (seq, _) = available_seqs(state, o, run);
             let mut n = instance(state, reader, o, run, seq)?;
-            n.repeated = !seen.insert((o.clone(), run.clone()));
+            n.repeated = !seen.insert((o.to_string(), run.to_string()));
             n.children = down(state, reader, o, run, depth.map(|d| d - 1), seen)?;
             out.push(n);
         }
@@ -351,11 +351,9 @@ pub struct Explanation {
 pub fn explain(state: &State, partition: &str) -> Explanation {
     let status = state.partition_status(partition);
     let latest = state
-        .keys
-        .iter()
-        .filter(|((_, p), _)| p == partition)
+        .keys_for(partition)
         .max_by_key(|(_, k)| k.seq)
-        .map(|((req, _), k)| (req.clone(), k.clone()));
+        .map(|(req, k)| (req.clone(), k.clone()));
     let mut e = Explanation {
         partition: partition.to_string(),
         status,
@@ -368,14 +366,14 @@ pub fn explain(state: &State, partition: &str) -> Explanation {
     };
     let Some((req, k)) = latest else { return e };
     e.seq = k.seq;
-    e.build_request_id = req.clone();
-    e.job_run_id = k.job_run_id.clone();
+    e.build_request_id = req.to_string();
+    e.job_run_id = k.job_run_id.to_string();
     let producer =
         |state: &State| state.catalog.get(partition).and_then(|c| c.available.last().cloned());
     match k.status {
         PartitionStatus::PartitionAvailable => {
             e.reason = Reason::Built;
-            let label = state.runs.get(&k.job_run_id).map_or("?", |r| r.job_label.as_str());
+            let label = state.runs.get(&*k.job_run_id).map_or("?", |r| &*r.job_label);
             e.message =
                 format!("built by {label} run {} in request {req} at seq {}", k.job_run_id, k.seq);
         }
@@ -384,9 +382,9 @@ pub fn explain(state: &State, partition: &str) -> Explanation {
             match producer(state) {
                 Some((seq, run)) => {
                     let r = state.runs.get(&run);
-                    let label = r.map_or("?", |r| r.job_label.as_str());
-                    let by = r.map_or("?", |r| r.request.as_str());
-                    e.job_run_id = run.clone();
+                    let label = r.map_or("?", |r| &*r.job_label);
+                    let by = r.map_or("?", |r| &*r.request);
+                    e.job_run_id = run.to_string();
                     e.message = format!(
                         "skipped in request {req} at seq {} because it was AVAILABLE since seq {seq} (built by {label} run {run} in request {by})",
                         k.seq
@@ -471,7 +469,7 @@ pub fn job_stats(state: &State) -> Vec<JobStats> {
         if r.status == crate::proto::JobStatus::JobSkipped {
             continue;
         }
-        let e = by.entry(r.job_label.as_str()).or_default();
+        let e = by.entry(&*r.job_label).or_default();
         e.0 += 1;
         match r.status {
             crate::proto::JobStatus::JobCompleted => e.1 += 1,
@@ -508,7 +506,7 @@ pub fn job_runs<'a>(state: &'a State, label: &str) -> Vec<&'a crate::state::Run>
     let mut v: Vec<&crate::state::Run> = state
         .runs
         .values()
-        .filter(|r| r.job_label == label && r.status != crate::proto::JobStatus::JobSkipped)
+        .filter(|r| &*r.job_label == label && r.status != crate::proto::JobStatus::JobSkipped)
         .collect();
     v.sort_by_key(|r| std::cmp::Reverse(r.first_seq));
     v

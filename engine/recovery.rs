@@ -94,7 +94,8 @@ pub fn reconcile(store: &Store, grace: Duration) -> Result<Reconciled, CommitErr
             }
             _ => "never started".to_string(),
         };
-        let mut j = ev::job(&run.request, &run.id, &run.job_label, &run.targets);
+        let targets: Vec<String> = run.targets.iter().map(|t| t.to_string()).collect();
+        let mut j = ev::job(&run.request, &run.id, &run.job_label, &targets);
         j.failure = Some(JobFailureKind::JobFailureEngineStopped);
         j.message = ENGINE_STOPPED.to_string();
         j.attempt = run.attempt;
@@ -102,8 +103,7 @@ pub fn reconcile(store: &Store, grace: Duration) -> Result<Reconciled, CommitErr
         let state = store.state();
         for t in &run.targets {
             let building = state
-                .keys
-                .get(&(run.request.clone(), t.clone()))
+                .key(&run.request, t)
                 .is_some_and(|k| k.status == PartitionStatus::PartitionBuilding);
             if building {
                 events.push(ev::partition(
@@ -115,13 +115,13 @@ pub fn reconcile(store: &Store, grace: Duration) -> Result<Reconciled, CommitErr
                 ));
             }
         }
-        out.runs.push((run.id.clone(), what));
+        out.runs.push((run.id.to_string(), what));
     }
     if !events.is_empty() {
         let msg = format!("recorded {} job runs interrupted by a crash as failed", out.runs.len());
         events.push(ev::engine(EngineEventKind::EngineRecovered, &msg, 0, 0));
         store.submit(events)?.wait()?;
     }
-    out.interrupted = store.state().open_requests().into_iter().map(|r| r.id.clone()).collect();
+    out.interrupted = store.state().open_requests().into_iter().map(|r| r.id.to_string()).collect();
     Ok(out)
 }

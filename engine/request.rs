@@ -74,9 +74,10 @@ pub async fn build(
     accepted.extend(
         refs.iter().map(|r| ev::partition(&req, r, PartitionStatus::PartitionRequested, "", "")),
     );
-    // Durable with the next commit, which is awaited (seqs are durable in order).
+    // Recorded before planning, but not waited for: `config` calls have no side effects, and
+    // every later commit is durable only after this one (seqs are durable in order).
+    accepted.push(ev::request(&req, BuildRequestStatus::BuildRequestPlanning, ""));
     drop(store.submit(accepted)?);
-    store.commit(vec![ev::request(&req, BuildRequestStatus::BuildRequestPlanning, "")]).await?;
 
     let config_logs = settings.logs_dir.join(&req).join("config");
     let planned = planner::plan(
@@ -104,9 +105,8 @@ pub async fn build(
     };
     let tasks = plan.nodes.len();
     let (events, exec, skipped) = crate::driver::plan_commit(&store, &req, plan);
-    // Nothing acts on the plan before a later commit (JOB_RUNNING) is durable, which implies it.
-    drop(store.submit(events)?);
+    // The plan commit is submitted by the driver, with the first jobs' JOB_RUNNING.
     observer.note(Note::Planned { request: req.clone(), tasks, skipped });
-    let outcome = Driver::new(store, graph, settings, observer, vec![exec]).run().await?;
+    let outcome = Driver::new(store, graph, settings, observer, vec![exec], events).run().await?;
     Ok((req, outcome))
 }

@@ -88,15 +88,9 @@ pub fn outcome(state: &State, requested: &[String], cancelled: bool) -> BuildReq
 pub fn open_partitions(state: &State, request: &str) -> Vec<(String, PartitionStatus)> {
     state
         .keys_of(request)
-        .filter(|(_, k)| {
-            matches!(
-                k.status,
-                PartitionStatus::PartitionRequested
-                    | PartitionStatus::PartitionAnalyzed
-                    | PartitionStatus::PartitionBuilding
-            )
-        })
-        .map(|((_, p), k)| (p.clone(), k.status))
+        .into_iter()
+        .filter(|(_, k)| crate::state::is_open(k.status))
+        .map(|(p, k)| (p.to_string(), k.status))
         .collect()
 }
 

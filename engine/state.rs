@@ -12,7 +12,10 @@
 //! that read it). Payloads (plans, configs, manifests) stay in the log; the state keeps the seq of
 //! the event that holds each.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::proto::build_event::EventType;
 use crate::proto::{
@@ -33,15 +36,35 @@ pub struct Violation {
     pub what: String,
 }
 
+/// An interned string (ids and refs): every copy in the state shares one allocation.
+pub type Sym = Arc<str>;
+
+/// Hands out one shared allocation per distinct string.
+#[derive(Clone, Debug, Default)]
+struct Interner {
+    set: HashSet<Sym, FxBuildHasher>,
+}
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Sym {
+        if let Some(x) = self.set.get(s) {
+            return x.clone();
+        }
+        let x: Sym = Arc::from(s);
+        self.set.insert(x.clone());
+        x
+    }
+}
+
 /// A build request as the log tells it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     /// Build request id.
-    pub id: String,
+    pub id: Sym,
     /// Current status.
     pub status: BuildRequestStatus,
     /// The refs asked for, in order.
-    pub requested: Vec<String>,
+    pub requested: Vec<Sym>,
     /// Made with `--force`.
     pub force: bool,
     /// Digest of the graph file it was planned with (may be empty).
@@ -59,7 +82,7 @@ pub struct Request {
     /// Every status with the seq that set it.
     pub history: Vec<(BuildRequestStatus, u64)>,
     /// Job runs of this request, in the order they appeared.
-    pub runs: Vec<String>,
+    pub runs: Vec<Sym>,
     /// Runs SCHEDULED or RUNNING.
     pub live_runs: u32,
     /// Whether a run of this request was ever CANCELLED (a cancellation was under way).
@@ -71,6 +94,16 @@ impl Request {
     pub fn is_terminal(&self) -> bool {
         is_terminal_request(self.status)
     }
+}
+
+/// Whether a partition lifecycle status is still open (REQUESTED, ANALYZED or BUILDING).
+pub fn is_open(s: PartitionStatus) -> bool {
+    matches!(
+        s,
+        PartitionStatus::PartitionRequested
+            | PartitionStatus::PartitionAnalyzed
+            | PartitionStatus::PartitionBuilding
+    )
 }
 
 /// Whether a build request status is final.
@@ -87,26 +120,26 @@ pub fn is_terminal_request(s: BuildRequestStatus) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunInput {
     /// The input ref.
-    pub partition: String,
+    pub partition: Sym,
     /// MATERIALIZE or QUERY.
     pub dep_type: DepType,
     /// The run that had made it AVAILABLE when this run was released (empty if none).
-    pub producer_run: String,
+    pub producer_run: Sym,
 }
 
 /// A job run as the log tells it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
     /// Job run id.
-    pub id: String,
+    pub id: Sym,
     /// The build request it belongs to.
-    pub request: String,
+    pub request: Sym,
     /// The job label.
-    pub job_label: String,
+    pub job_label: Sym,
     /// Current status.
     pub status: JobStatus,
     /// The partitions it produces.
-    pub targets: Vec<String>,
+    pub targets: Vec<Sym>,
     /// Attempt number (1 = first), 0 if not recorded.
     pub attempt: u32,
     /// Seq of its first event (SCHEDULED or SKIPPED): it holds the config.
@@ -123,7 +156,7 @@ pub struct Run {
     pub exit_code: Option<i32>,
     /// The latest message.
     pub message: String,
-    /// The process, as recorded on RUNNING.
+    /// The process, as recorded on RUNNING (kept while the run is live).
     pub process: Option<ProcessInfo>,
     /// From the manifest of a completed run: start and end (unix seconds).
     pub manifest_times: Option<(i64, i64)>,
@@ -146,7 +179,7 @@ pub struct Key {
     /// Seq of the event that set it.
     pub seq: u64,
     /// The job run the event named (may be empty).
-    pub job_run_id: String,
+    pub job_run_id: Sym,
     /// The event's message.
     pub message: String,
 }
@@ -159,9 +192,9 @@ pub struct Fact {
     /// Its seq.
     pub seq: u64,
     /// The job run it named (may be empty).
-    pub job_run_id: String,
+    pub job_run_id: Sym,
     /// The build request that wrote it.
-    pub build_request_id: String,
+    pub build_request_id: Sym,
     /// Its message.
     pub message: String,
 }
@@ -174,10 +207,11 @@ pub struct Fact {
 pub struct CatalogEntry {
     /// The latest BUILDING/AVAILABLE/FAILED event naming a run.
     pub by_run: Option<Fact>,
-    /// The latest event other than DELEGATED.
+    /// The latest event other than DELEGATED, while no event named a run (once one has, it
+    /// decides, and this is not kept).
     pub latest: Option<Fact>,
     /// Every AVAILABLE instance: (seq, job run id), oldest first.
-    pub available: Vec<(u64, String)>,
+    pub available: Vec<(u64, Sym)>,
 }
 
 impl CatalogEntry {
@@ -204,18 +238,21 @@ pub struct EngineRecord {
 }
 
 /// Derived state: everything the log says, as of `last_seq`.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+///
+/// The maps are hashed (ids are UUIDv7 strings with long shared prefixes, which make ordered maps
+/// slow); nothing in the fold depends on their order, and every view that lists them sorts.
+#[derive(Clone, Debug, Default)]
 pub struct State {
     /// Build requests by id.
-    pub requests: BTreeMap<String, Request>,
+    pub requests: FxHashMap<Sym, Request>,
     /// Job runs by id.
-    pub runs: BTreeMap<String, Run>,
-    /// Partition lifecycles by (build request id, ref).
-    pub keys: BTreeMap<(String, String), Key>,
+    pub runs: FxHashMap<Sym, Run>,
+    /// Partition lifecycles: by build request id, then by ref.
+    keys: FxHashMap<Sym, FxHashMap<Sym, Key>>,
     /// The partition catalog by ref.
-    pub catalog: BTreeMap<String, CatalogEntry>,
+    pub catalog: FxHashMap<Sym, CatalogEntry>,
     /// Lineage, downstream: for each ref, the completed runs whose manifests list it as an input.
-    pub readers: BTreeMap<String, Vec<String>>,
+    pub readers: FxHashMap<Sym, Vec<Sym>>,
     /// Engine events.
     pub engine: Vec<EngineRecord>,
     /// Seq of the last event applied (0: none).
@@ -223,13 +260,36 @@ pub struct State {
     /// Timestamp of the last event applied.
     pub last_ts: i64,
     /// The previous event, if it was a DelegationEvent: (seq, request, ref).
-    last_delegation: Option<(u64, String, String)>,
+    last_delegation: Option<(u64, Sym, Sym)>,
+    /// Shared strings (derived; not part of what the state says).
+    interner: Interner,
 }
 
-fn enum_or<T: TryFrom<i32>>(v: i32, seq: u64, entity: &str, what: &str) -> Result<T, Violation> {
+impl PartialEq for State {
+    fn eq(&self, o: &State) -> bool {
+        self.requests == o.requests
+            && self.runs == o.runs
+            && self.keys == o.keys
+            && self.catalog == o.catalog
+            && self.readers == o.readers
+            && self.engine == o.engine
+            && self.last_seq == o.last_seq
+            && self.last_ts == o.last_ts
+            && self.last_delegation == o.last_delegation
+    }
+}
+
+impl Eq for State {}
+
+fn enum_or<T: TryFrom<i32>>(
+    v: i32,
+    seq: u64,
+    entity: &dyn Fn() -> String,
+    what: &str,
+) -> Result<T, Violation> {
     T::try_from(v).map_err(|_| Violation {
         seq,
-        entity: entity.to_string(),
+        entity: entity(),
         what: format!("unknown {what} value {v}"),
     })
 }
@@ -238,6 +298,19 @@ impl State {
     /// An empty state.
     pub fn new() -> State {
         State::default()
+    }
+
+    /// Makes room for the projections of about `events` more events, so folding a long log does
+    /// not rehash its maps over and over. The ratios are typical of builds (a request is a few
+    /// dozen events, a run about eight); a wrong guess only costs memory or a rehash.
+    pub fn reserve_for(&mut self, events: u64) {
+        let n = usize::try_from(events).unwrap_or(usize::MAX).min(1 << 26);
+        self.requests.reserve(n / 32);
+        self.runs.reserve(n / 8);
+        self.keys.reserve(n / 32);
+        self.catalog.reserve(n / 8);
+        self.readers.reserve(n / 16);
+        self.interner.set.reserve(n / 3);
     }
 
     /// The catalog status of a ref (`PARTITION_UNKNOWN` if the log never saw it).
@@ -314,9 +387,9 @@ impl State {
         e: &BuildRequestEvent,
     ) -> Result<(), Violation> {
         use BuildRequestStatus as S;
-        let entity = format!("build request {req}");
+        let entity = || format!("build request {req}");
         let to: S = enum_or(e.status, seq, &entity, "build request status")?;
-        let bad = |what: String| Violation { seq, entity: entity.clone(), what };
+        let bad = |what: String| Violation { seq, entity: entity(), what };
         let Some(r) = self.requests.get(req) else {
             if to != S::BuildRequestReceived {
                 return Err(bad(format!("first event is {}, not RECEIVED", to.as_str_name())));
@@ -326,12 +399,15 @@ impl State {
             {
                 return Err(bad("RECEIVED without requested partitions".into()));
             }
+            let id = self.interner.get(req);
+            let requested =
+                e.requested_partitions.iter().map(|p| self.interner.get(&p.str)).collect();
             self.requests.insert(
-                req.to_string(),
+                id.clone(),
                 Request {
-                    id: req.to_string(),
+                    id,
                     status: to,
-                    requested: e.requested_partitions.iter().map(|p| p.str.clone()).collect(),
+                    requested,
                     force: e.force,
                     graph_digest: e.graph_digest.clone(),
                     received_seq: seq,
@@ -369,7 +445,7 @@ impl State {
                     r.live_runs
                 )));
             }
-            if let Some(((_, p), k)) = self.open_key(req) {
+            if let Some((p, k)) = self.open_key(req) {
                 return Err(bad(format!(
                     "{} while partition {p} is still {}",
                     to.as_str_name(),
@@ -394,24 +470,37 @@ impl State {
         Ok(())
     }
 
-    /// The first (request, ref) of `req` still REQUESTED, ANALYZED or BUILDING.
-    fn open_key<'a>(&'a self, req: &'a str) -> Option<(&'a (String, String), &'a Key)> {
-        self.keys_of(req).find(|(_, k)| {
-            matches!(
-                k.status,
-                PartitionStatus::PartitionRequested
-                    | PartitionStatus::PartitionAnalyzed
-                    | PartitionStatus::PartitionBuilding
-            )
-        })
+    /// The first ref (in order) of `req` still REQUESTED, ANALYZED or BUILDING.
+    fn open_key<'a>(&'a self, req: &str) -> Option<(&'a Sym, &'a Key)> {
+        self.keys.get(req)?.iter().filter(|(_, k)| is_open(k.status)).min_by(|a, b| a.0.cmp(b.0))
     }
 
-    /// Partition lifecycles of one request, by ref.
-    pub fn keys_of<'a>(
+    /// The lifecycle of `partition` in request `req`.
+    pub fn key(&self, req: &str, partition: &str) -> Option<&Key> {
+        self.keys.get(req)?.get(partition)
+    }
+
+    /// Partition lifecycles of one request, sorted by ref.
+    pub fn keys_of(&self, req: &str) -> Vec<(&Sym, &Key)> {
+        let mut v: Vec<(&Sym, &Key)> =
+            self.keys.get(req).map(|m| m.iter().collect()).unwrap_or_default();
+        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    /// Every request's lifecycle of `partition`: (request id, key), in no particular order.
+    pub fn keys_for<'a>(
         &'a self,
-        req: &'a str,
-    ) -> impl Iterator<Item = (&'a (String, String), &'a Key)> + 'a {
-        self.keys.range((req.to_string(), String::new())..).take_while(move |((r, _), _)| r == req)
+        partition: &'a str,
+    ) -> impl Iterator<Item = (&'a Sym, &'a Key)> + 'a {
+        self.keys.iter().filter_map(move |(req, m)| m.get(partition).map(|k| (req, k)))
+    }
+
+    /// Every ref the catalog has seen, sorted.
+    pub fn partitions(&self) -> Vec<&Sym> {
+        let mut v: Vec<&Sym> = self.catalog.keys().collect();
+        v.sort_unstable();
+        v
     }
 
     fn job_graph_event(
@@ -420,18 +509,18 @@ impl State {
         req: &str,
         _e: &JobGraphEvent,
     ) -> Result<(), Violation> {
-        let entity = format!("build request {req}");
+        let entity = || format!("build request {req}");
         let Some(r) = self.requests.get_mut(req) else {
             return Err(Violation {
                 seq,
-                entity,
+                entity: entity(),
                 what: "JobGraphEvent for an unknown request".into(),
             });
         };
         if r.status != BuildRequestStatus::BuildRequestPlanning || r.plan_seq.is_some() {
             return Err(Violation {
                 seq,
-                entity,
+                entity: entity(),
                 what: format!(
                     "JobGraphEvent while {} (once, while PLANNING)",
                     r.status.as_str_name()
@@ -449,18 +538,18 @@ impl State {
         e: &DelegationEvent,
     ) -> Result<(), Violation> {
         let part = e.partition_ref.as_ref().map(|p| p.str.as_str()).unwrap_or("");
-        let entity = format!("delegation of {part} in request {req}");
-        let bad = |what: &str| Violation { seq, entity: entity.clone(), what: what.to_string() };
+        let entity = || format!("delegation of {part} in request {req}");
+        let bad = |what: &str| Violation { seq, entity: entity(), what: what.to_string() };
         if !self.requests.contains_key(req) {
             return Err(bad("unknown build request"));
         }
         if part.is_empty() {
             return Err(bad("no partition ref"));
         }
-        if !self.requests.contains_key(&e.delegated_to_build_request_id) {
+        if !self.requests.contains_key(e.delegated_to_build_request_id.as_str()) {
             return Err(bad("delegated to an unknown build request"));
         }
-        self.last_delegation = Some((seq, req.to_string(), part.to_string()));
+        self.last_delegation = Some((seq, self.interner.get(req), self.interner.get(part)));
         Ok(())
     }
 
@@ -472,17 +561,16 @@ impl State {
     ) -> Result<(), Violation> {
         use PartitionStatus as P;
         let part = e.partition_ref.as_ref().map(|p| p.str.as_str()).unwrap_or("");
-        let entity = format!("partition {part} in request {req}");
+        let entity = || format!("partition {part} in request {req}");
         let to: P = enum_or(e.status, seq, &entity, "partition status")?;
-        let bad = |what: String| Violation { seq, entity: entity.clone(), what };
+        let bad = |what: String| Violation { seq, entity: entity(), what };
         if part.is_empty() {
             return Err(bad("no partition ref".into()));
         }
         if !self.requests.contains_key(req) {
             return Err(bad("unknown build request".into()));
         }
-        let key = (req.to_string(), part.to_string());
-        let from = self.keys.get(&key).map(|k| k.status);
+        let from = self.key(req, part).map(|k| k.status);
         let legal = match (from, to) {
             (None, P::PartitionRequested | P::PartitionAnalyzed | P::PartitionDelegated) => true,
             (
@@ -517,7 +605,7 @@ impl State {
                         to.as_str_name()
                     )));
                 };
-                if run.request != req || !run.targets.iter().any(|t| t == part) {
+                if &*run.request != req || !run.targets.iter().any(|t| &**t == part) {
                     return Err(bad(format!(
                         "job run {run_id} of this request does not produce it"
                     )));
@@ -542,42 +630,42 @@ impl State {
             let adjacent = self
                 .last_delegation
                 .as_ref()
-                .is_some_and(|(s, r, p)| *s + 1 == seq && r == req && p == part);
+                .is_some_and(|(s, r, p)| *s + 1 == seq && &**r == req && &**p == part);
             if !adjacent {
                 return Err(bad("DELEGATED without its DelegationEvent just before it".into()));
             }
         }
-        let fact = Fact {
+        let (run_sym, req_sym, part_sym) =
+            (self.interner.get(run_id), self.interner.get(req), self.interner.get(part));
+        let fact = || Fact {
             status: to,
             seq,
-            job_run_id: run_id.to_string(),
-            build_request_id: req.to_string(),
+            job_run_id: run_sym.clone(),
+            build_request_id: req_sym.clone(),
             message: e.message.clone(),
         };
-        let entry = self.catalog.entry(part.to_string()).or_default();
+        let entry = self.catalog.entry(part_sym.clone()).or_default();
         if !run_id.is_empty() {
             if to == P::PartitionAvailable {
-                entry.available.push((seq, run_id.to_string()));
+                entry.available.push((seq, run_sym.clone()));
             }
-            entry.by_run = Some(fact.clone());
+            entry.by_run = Some(fact());
+            entry.latest = None;
+        } else if to != P::PartitionDelegated && entry.by_run.is_none() {
+            entry.latest = Some(fact());
         }
-        if to != P::PartitionDelegated {
-            entry.latest = Some(fact);
-        }
-        self.keys.insert(
-            key,
-            Key { status: to, seq, job_run_id: run_id.to_string(), message: e.message.clone() },
-        );
+        let key = Key { status: to, seq, job_run_id: run_sym.clone(), message: e.message.clone() };
+        self.keys.entry(req_sym).or_default().insert(part_sym, key);
         Ok(())
     }
 
     fn job_event(&mut self, seq: u64, ts: i64, req: &str, e: &JobEvent) -> Result<(), Violation> {
         use JobStatus as J;
         let id = e.job_run_id.as_str();
-        let entity = format!("job run {id}");
+        let entity = || format!("job run {id}");
         let to: J = enum_or(e.status, seq, &entity, "job status")?;
         let failure: JobFailureKind = enum_or(e.failure, seq, &entity, "failure kind")?;
-        let bad = |what: String| Violation { seq, entity: entity.clone(), what };
+        let bad = |what: String| Violation { seq, entity: entity(), what };
         if id.is_empty() {
             return Err(bad("no job run id".into()));
         }
@@ -604,12 +692,13 @@ impl State {
             if label.is_empty() || e.target_partitions.is_empty() {
                 return Err(bad(format!("{} without a job label and targets", to.as_str_name())));
             }
+            let id_sym = self.interner.get(id);
             let run = Run {
-                id: id.to_string(),
-                request: req.to_string(),
-                job_label: label.to_string(),
+                id: id_sym.clone(),
+                request: self.interner.get(req),
+                job_label: self.interner.get(label),
                 status: to,
-                targets: e.target_partitions.iter().map(|p| p.str.clone()).collect(),
+                targets: e.target_partitions.iter().map(|p| self.interner.get(&p.str)).collect(),
                 attempt: e.attempt,
                 first_seq: seq,
                 first_ts: ts,
@@ -622,15 +711,15 @@ impl State {
                 manifest_times: None,
                 inputs: Vec::new(),
             };
-            self.runs.insert(id.to_string(), run);
+            self.runs.insert(id_sym.clone(), run);
             let r = self.requests.get_mut(req).expect("checked above");
-            r.runs.push(id.to_string());
+            r.runs.push(id_sym);
             if to == J::JobScheduled {
                 r.live_runs += 1;
             }
             return Ok(());
         };
-        if run.request != req {
+        if &*run.request != req {
             return Err(bad(format!(
                 "event from request {req} for a run of request {}",
                 run.request
@@ -652,7 +741,7 @@ impl State {
         }
         if let Some(l) = &e.job_label
             && !l.label.is_empty()
-            && l.label != run.job_label
+            && *l.label != *run.job_label
         {
             return Err(bad(format!("job label {} differs from {}", l.label, run.job_label)));
         }
@@ -661,7 +750,7 @@ impl State {
                 e.manifests.iter().flat_map(|m| m.outputs.iter().map(|p| p.str.as_str())).collect();
             outs.sort_unstable();
             outs.dedup();
-            let mut targets: Vec<&str> = run.targets.iter().map(String::as_str).collect();
+            let mut targets: Vec<&str> = run.targets.iter().map(|t| &**t).collect();
             targets.sort_unstable();
             targets.dedup();
             if outs != targets {
@@ -680,6 +769,8 @@ impl State {
             }
             _ => {
                 run.ended = Some((seq, ts));
+                // Only a live run's process matters (to reconcile after a crash).
+                run.process = None;
                 run.failure = failure;
                 if e.exit_code != 0
                     || to == J::JobCompleted
@@ -689,23 +780,24 @@ impl State {
                 }
             }
         }
-        let mut read: Vec<String> = Vec::new();
+        let mut read: Vec<Sym> = Vec::new();
         if to == J::JobCompleted {
             let m = e.manifests.first();
             run.manifest_times = m.map(|m| (m.start_time, m.end_time));
-            run.inputs = e
-                .manifests
-                .iter()
-                .flat_map(|m| m.inputs.iter())
-                .flat_map(|i| {
-                    let dep = DepType::try_from(i.dep_type).unwrap_or(DepType::Query);
-                    i.outputs.iter().map(move |p| RunInput {
-                        partition: p.str.clone(),
+            let interner = &mut self.interner;
+            let mut inputs = Vec::new();
+            for i in e.manifests.iter().flat_map(|m| m.inputs.iter()) {
+                let dep = DepType::try_from(i.dep_type).unwrap_or(DepType::Query);
+                let producer = interner.get(&i.job_run_id);
+                for p in &i.outputs {
+                    inputs.push(RunInput {
+                        partition: interner.get(&p.str),
                         dep_type: dep,
-                        producer_run: i.job_run_id.clone(),
-                    })
-                })
-                .collect();
+                        producer_run: producer.clone(),
+                    });
+                }
+            }
+            run.inputs = inputs;
             read = run.inputs.iter().map(|i| i.partition.clone()).collect();
             read.sort_unstable();
             read.dedup();
@@ -716,14 +808,18 @@ impl State {
         if !matches!(to, J::JobRunning) {
             self.requests.get_mut(req).expect("checked above").live_runs -= 1;
         }
-        for p in read {
-            self.readers.entry(p).or_default().push(id.to_string());
+        if !read.is_empty() {
+            let id_sym = self.interner.get(id);
+            for p in read {
+                self.readers.entry(p).or_default().push(id_sym.clone());
+            }
         }
         Ok(())
     }
 
     fn engine_event(&mut self, seq: u64, e: &EngineEvent) -> Result<(), Violation> {
-        let kind: EngineEventKind = enum_or(e.kind, seq, "engine", "engine event kind")?;
+        let kind: EngineEventKind =
+            enum_or(e.kind, seq, &|| "engine".to_string(), "engine event kind")?;
         self.engine.push(EngineRecord { seq, kind, message: e.message.clone() });
         Ok(())
     }

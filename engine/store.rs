@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use prost::Message;
 
 use databuild_log::{
@@ -98,11 +98,15 @@ pub fn fold(reader: &Reader, state: &mut State, until_seq: u64) -> Result<(), St
         }
     }
     let from = state.last_seq + 1;
+    state.reserve_for(reader.next_seq().min(until_seq.saturating_add(1)).saturating_sub(from));
+    // One event buffer for the whole fold: decoding into it reuses its strings' allocations.
+    let mut ev = BuildEvent::default();
     let result = reader.for_each_from(from, |seq, bytes| -> Result<(), Stop> {
         if seq > until_seq {
             return Err(Stop::Done);
         }
-        let ev = BuildEvent::decode(bytes)
+        ev.clear();
+        ev.merge(bytes)
             .map_err(|e| Stop::Failed(StoreError::Decode { seq, reason: e.to_string() }))?;
         state.apply(seq, &ev).map_err(|v| Stop::Failed(StoreError::Violation(v)))
     });
@@ -154,11 +158,19 @@ impl Default for StoreOptions {
     }
 }
 
+/// Events validated and applied to the state, not yet submitted to the log.
+#[derive(Debug, Default)]
+struct Staged {
+    events: Vec<BuildEvent>,
+    batch: Batch,
+}
+
 /// The single writer of a log, with its folded state.
 #[derive(Debug)]
 pub struct Store {
     writer: Writer,
     state: RwLock<State>,
+    staged: Mutex<Staged>,
     stamp: Arc<dyn Stamp>,
     dir: PathBuf,
     fs: Arc<dyn databuild_log::Fs>,
@@ -175,6 +187,7 @@ impl Store {
         let store = Store {
             writer,
             state: RwLock::new(state),
+            staged: Mutex::new(Staged::default()),
             stamp: opts.stamp,
             dir: dir.to_path_buf(),
             fs,
@@ -207,10 +220,22 @@ impl Store {
         self.writer.reader(ReadMode::Mmap)
     }
 
-    /// Validates, stamps and submits `events` as one atomic batch.
-    pub fn submit(&self, mut events: Vec<BuildEvent>) -> Result<Pending, CommitError> {
-        assert!(!events.is_empty(), "an empty commit is a bug");
+    /// Validates, stamps and submits `events` as one atomic batch (with anything staged before).
+    pub fn submit(&self, events: Vec<BuildEvent>) -> Result<Pending, CommitError> {
+        self.stage(events)?;
+        self.flush()?.ok_or_else(|| CommitError::Restore("nothing to submit".into()))
+    }
+
+    /// Validates, stamps and applies `events` to the state now; they reach the log with the next
+    /// [`Store::flush`], in one frame with everything else staged. Decisions taken in between see
+    /// them (and nothing acts on them before they are durable). A rejected event changes nothing:
+    /// neither the state nor what was staged before it.
+    pub fn stage(&self, mut events: Vec<BuildEvent>) -> Result<(), CommitError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut state = self.state.write();
+        let mut staged = self.staged.lock();
         let first = state.last_seq + 1;
         let now = self.stamp.now_ns();
         for (i, ev) in events.iter_mut().enumerate() {
@@ -221,25 +246,41 @@ impl Store {
                 ev.timestamp = now;
             }
             if let Err(v) = state.apply(first + i as u64, ev) {
-                // Events 0..i were applied: restore exactly the log's fold.
-                drop(state);
-                self.restore()?;
+                // Events 0..i were applied: restore the log's fold plus what was staged before.
+                *state = self.refold(&staged.events)?;
                 return Err(CommitError::Violation(v));
             }
         }
-        let mut batch = Batch::with_capacity(events.iter().map(|e| e.encoded_len() + 5).sum());
         for ev in &events {
-            batch.push_with(ev.encoded_len(), |buf| ev.encode_raw(buf));
+            staged.batch.push_with(ev.encoded_len(), |buf| ev.encode_raw(buf));
         }
+        staged.events.extend(events);
+        Ok(())
+    }
+
+    /// Submits everything staged as one atomic batch; `None` if nothing was staged.
+    pub fn flush(&self) -> Result<Option<Pending>, CommitError> {
+        let state = self.state.write();
+        let mut staged = self.staged.lock();
+        if staged.events.is_empty() {
+            return Ok(None);
+        }
+        let first = state.last_seq + 1 - staged.events.len() as u64;
+        let Staged { events, batch } = std::mem::take(&mut *staged);
         match self.writer.submit(batch) {
             Ok(ticket) => {
                 debug_assert_eq!(ticket.range().first, first);
-                Ok(Pending { ticket })
+                Ok(Some(Pending { ticket }))
             }
             Err(e) => {
-                // The state now holds events the log refused; nothing more can be trusted.
+                // The state holds events the log refused; rebuild it from what the log holds.
+                drop(staged);
                 drop(state);
-                let _ = self.restore();
+                let restored = self.refold(&[]);
+                if let Ok(s) = restored {
+                    *self.state.write() = s;
+                }
+                let _ = events;
                 Err(CommitError::Append(e))
             }
         }
@@ -250,23 +291,22 @@ impl Store {
         Ok(self.submit(events)?.durable().await?)
     }
 
-    /// Rebuilds the state from what the log holds, once everything submitted is durable.
-    fn restore(&self) -> Result<(), CommitError> {
-        let mut state = self.state.write();
+    /// The fold of what the log holds (once everything submitted is durable), plus `staged`.
+    fn refold(&self, staged: &[BuildEvent]) -> Result<State, CommitError> {
         let target = self.writer.next_seq();
         let mut rx = self.writer.subscribe();
-        while *rx.borrow_and_update() < target {
-            if self.writer.durable_end().next_seq >= target {
-                break;
-            }
+        while *rx.borrow_and_update() < target && self.writer.durable_end().next_seq < target {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let mut fresh = State::new();
         let reader =
             self.writer.reader(ReadMode::Mmap).map_err(|e| CommitError::Restore(e.to_string()))?;
         fold(&reader, &mut fresh, u64::MAX).map_err(|e| CommitError::Restore(e.to_string()))?;
-        *state = fresh;
-        Ok(())
+        for ev in staged {
+            let seq = fresh.last_seq + 1;
+            fresh.apply(seq, ev).map_err(|v| CommitError::Restore(v.to_string()))?;
+        }
+        Ok(fresh)
     }
 
     /// Closes the log cleanly.

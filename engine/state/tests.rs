@@ -81,9 +81,7 @@ fn manifest(outputs: &[String]) -> PartitionManifest {
 
 fn run_to_completion(l: &mut Log, run: &str, targets: &[String]) {
     for t in targets {
-        if !l.state.keys.contains_key(&(R.to_string(), t.clone())) {
-            l.ok(ev::partition(R, t, P::PartitionAnalyzed, "", ""));
-        } else if l.state.keys[&(R.to_string(), t.clone())].status == P::PartitionRequested {
+        if l.state.key(R, t).is_none_or(|k| k.status == P::PartitionRequested) {
             l.ok(ev::partition(R, t, P::PartitionAnalyzed, "", ""));
         }
     }
@@ -343,25 +341,23 @@ fn partition_transitions_follow_the_table() {
         for to in PARTITION_STATES {
             let mut l = key_in(from);
             let e = partition_to(&mut l, from, to);
-            let legal = match (from, to) {
-                (None, P::PartitionRequested | P::PartitionAnalyzed | P::PartitionDelegated) => {
-                    true
-                }
-                (
-                    Some(P::PartitionRequested),
-                    P::PartitionAnalyzed | P::PartitionDelegated | P::PartitionFailed,
-                ) => true,
-                (
-                    Some(P::PartitionAnalyzed),
-                    P::PartitionBuilding | P::PartitionDelegated | P::PartitionFailed,
-                ) => true,
-                (
-                    Some(P::PartitionBuilding),
-                    P::PartitionAvailable | P::PartitionFailed | P::PartitionBuilding,
-                ) => true,
-                (Some(P::PartitionFailed), P::PartitionBuilding | P::PartitionDelegated) => true,
-                _ => false,
-            };
+            let legal = matches!(
+                (from, to),
+                (None, P::PartitionRequested | P::PartitionAnalyzed | P::PartitionDelegated)
+                    | (
+                        Some(P::PartitionRequested),
+                        P::PartitionAnalyzed | P::PartitionDelegated | P::PartitionFailed
+                    )
+                    | (
+                        Some(P::PartitionAnalyzed),
+                        P::PartitionBuilding | P::PartitionDelegated | P::PartitionFailed
+                    )
+                    | (
+                        Some(P::PartitionBuilding),
+                        P::PartitionAvailable | P::PartitionFailed | P::PartitionBuilding
+                    )
+                    | (Some(P::PartitionFailed), P::PartitionBuilding | P::PartitionDelegated)
+            );
             let got = l.push(e);
             assert_eq!(got.is_ok(), legal, "{from:?} -> {}: {got:?}", to.as_str_name());
         }
@@ -505,5 +501,5 @@ fn completed_runs_feed_the_lineage_projection() {
             producer_run: "run-0".into()
         }]
     );
-    assert_eq!(l.state.readers["in/a"], vec!["run-1".to_string()]);
+    assert_eq!(l.state.readers["in/a"], vec![Sym::from("run-1")]);
 }

@@ -104,6 +104,17 @@ impl CheckpointFile {
         Ok(cf)
     }
 
+    /// Opens the existing CHECKPOINT without writing it (its newest generation is `generation`).
+    pub fn open_existing(
+        fs: &dyn Fs,
+        dir: &Path,
+        generation: u64,
+    ) -> Result<CheckpointFile, OpenError> {
+        let path = dir.join(CHECKPOINT_FILE);
+        let file = fs.open_write(&path, Create::No).map_err(io_err("open", &path))?;
+        Ok(CheckpointFile { file, path, generation })
+    }
+
     /// Writes `slot` (its generation is assigned here) over the older slot and fdatasyncs.
     pub fn write(&mut self, slot: CheckpointSlot) -> std::io::Result<()> {
         let generation = self.generation + 1;

@@ -364,6 +364,7 @@ impl Writer {
         let cp = checkpoint::read(&*fs, dir, log_id.as_ref())?;
         report.checkpoint = cp.status;
 
+        let mut clean_reopen = false;
         let (log_id, active_id, active_file, end, cp_generation) = match segments.last() {
             None => {
                 if cp.status != CheckpointStatus::Missing {
@@ -435,11 +436,21 @@ impl Writer {
                     }
                     EndClass::Clean => {}
                 }
-                // What survived on disk is now made durable, so every frame written from here on
-                // may cite it as synced.
-                file.sync_data().map_err(io_err("fdatasync", &last.path))?;
                 let end =
                     End { next_seq: scan.next_seq, segment_id: last.id, offset: scan.end_offset };
+                // After a clean close whose CHECKPOINT names exactly this end, everything here was
+                // already durable. Otherwise, what survived is made durable now, so every frame
+                // written from here on may cite it as synced.
+                clean_reopen = report.torn_tail.is_none()
+                    && cp.slot.is_some_and(|s| {
+                        s.clean
+                            && s.durable_next_seq == end.next_seq
+                            && s.segment_id == end.segment_id
+                            && s.segment_offset == end.offset
+                    });
+                if !clean_reopen {
+                    file.sync_data().map_err(io_err("fdatasync", &last.path))?;
+                }
                 (log_id, last.id, file, end, cp.slot.map(|s| s.generation))
             }
         };
@@ -455,7 +466,12 @@ impl Writer {
             segment_offset: end.offset,
             clean: false,
         };
-        let checkpoint = CheckpointFile::open_or_create(&*fs, dir, cp_generation, slot)?;
+        // The CHECKPOINT of a clean close stays as it is until this writer has something to add.
+        let checkpoint = if clean_reopen {
+            CheckpointFile::open_existing(&*fs, dir, cp_generation.unwrap_or(0))?
+        } else {
+            CheckpointFile::open_or_create(&*fs, dir, cp_generation, slot)?
+        };
         let tail_path = dir.join(TAIL_FILE);
         let tail = match fs.open_write(&tail_path, Create::No) {
             Ok(f) => f,
@@ -495,6 +511,7 @@ impl Writer {
             written: end,
             synced: end,
             checkpointed_seq: end.next_seq,
+            clean_reopen,
             last_checkpoint: Instant::now(),
             last_sync: Instant::now(),
             checkpoint,
@@ -640,6 +657,8 @@ struct Committer {
     /// End of what has been fdatasynced.
     synced: End,
     checkpointed_seq: u64,
+    /// Opened after a clean close and nothing appended since: closing need not rewrite CHECKPOINT.
+    clean_reopen: bool,
     last_checkpoint: Instant,
     last_sync: Instant,
     checkpoint: CheckpointFile,
@@ -743,7 +762,9 @@ impl Committer {
                 Wake::Timer => self.timed_duties()?,
                 Wake::Close => {
                     self.sync()?;
-                    self.write_checkpoint(true)?;
+                    if !(self.clean_reopen && self.written.next_seq == self.checkpointed_seq) {
+                        self.write_checkpoint(true)?;
+                    }
                     return Ok(());
                 }
                 Wake::Halt => return Ok(()),
