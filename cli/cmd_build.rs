@@ -53,14 +53,8 @@ pub fn settings(ctx: &Ctx, jobs: Option<u32>) -> Result<Settings, CliError> {
     })
 }
 
-/// The exit code and message for how a set of requests ended.
-pub fn conclude(
-    ctx: &Ctx,
-    outcome: &Outcome,
-    elapsed: std::time::Duration,
-    verb: &str,
-) -> Result<u8, CliError> {
-    let state_word = |s: BuildRequestStatus| render::short(s.as_str_name()).to_string();
+/// Prints how each request ended (one line each, or one JSON object each).
+pub fn print_outcome(ctx: &Ctx, outcome: &Outcome, elapsed: std::time::Duration, verb: &str) {
     for r in &outcome.requests {
         if ctx.format == Format::Json {
             out(&json(&serde_json::json!({
@@ -69,8 +63,7 @@ pub fn conclude(
                 "message": r.message,
             })));
         } else if !ctx.quiet || r.status != BuildRequestStatus::BuildRequestCompleted {
-            let color = render::color_stdout();
-            let word = render::paint(color, &state_word(r.status));
+            let word = render::paint(render::color_stdout(), render::short(r.status.as_str_name()));
             let msg = if r.message.is_empty() { String::new() } else { format!(": {}", r.message) };
             out(&format!(
                 "{verb} {word} in {} (build request {}){msg}",
@@ -79,32 +72,34 @@ pub fn conclude(
             ));
         }
     }
+}
+
+/// The exit code for how a set of requests ended: cancelled by a signal (130/143), any request
+/// not COMPLETED (1, naming it), or success.
+pub fn judge(outcome: &Outcome) -> Result<u8, CliError> {
     if let Some(sig) = outcome.signal {
         let (code, name) = if sig == databuild::sys::SIGINT {
             (exit::CANCELLED_SIGINT, "SIGINT")
         } else {
             (exit::CANCELLED_SIGTERM, "SIGTERM")
         };
-        let e = CliError {
+        return Err(CliError {
             code,
             line: format!(
                 "cancelled by {name}; running jobs were stopped and the request recorded as CANCELLED; run the build again to continue"
             ),
             detail: Vec::new(),
-        };
-        return Err(e);
+        });
     }
-    if let Some(f) =
-        outcome.requests.iter().find(|r| r.status != BuildRequestStatus::BuildRequestCompleted)
-    {
-        return Err(CliError::failed(format!(
+    match outcome.requests.iter().find(|r| r.status != BuildRequestStatus::BuildRequestCompleted) {
+        Some(f) => Err(CliError::failed(format!(
             "build request {} {}; see `databuild builds {}` and `databuild logs RUN` for the failed runs",
             f.request,
-            state_word(f.status),
+            render::short(f.status.as_str_name()),
             f.request
-        )));
+        ))),
+        None => Ok(exit::SUCCESS),
     }
-    Ok(exit::SUCCESS)
 }
 
 pub fn build(ctx: &Ctx, a: BuildArgs) -> Result<u8, CliError> {
@@ -135,7 +130,10 @@ pub fn build(ctx: &Ctx, a: BuildArgs) -> Result<u8, CliError> {
     progress.finish();
     close(store);
     match result {
-        Ok((_, outcome)) => conclude(ctx, &outcome, started.elapsed(), "build"),
+        Ok((_, outcome)) => {
+            print_outcome(ctx, &outcome, started.elapsed(), "build");
+            judge(&outcome)
+        }
         Err(e) => Err(exit::build_error(&e, &ctx.log_dir)),
     }
 }

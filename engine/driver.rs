@@ -174,6 +174,9 @@ pub struct Exec {
     pub plan: Plan,
     /// Where each task stands.
     pub nodes: Vec<NodeState>,
+    /// The attempt number each task's next run gets (a run stopped by a crash is re-run under
+    /// the same attempt number: no retry is consumed).
+    pub next_attempt: Vec<u32>,
     finished: bool,
     failures: Vec<String>,
 }
@@ -186,6 +189,7 @@ impl Exec {
             request,
             plan,
             nodes: vec![NodeState::Waiting; n],
+            next_attempt: vec![1; n],
             finished: false,
             failures: Vec::new(),
         }
@@ -455,6 +459,7 @@ impl Driver {
             return;
         }
         if self.cancelling.is_none() {
+            self.resolve_delegations();
             self.launch_ready();
         }
         for e in 0..self.execs.len() {
@@ -468,13 +473,98 @@ impl Driver {
         }
     }
 
+    /// Tasks actively delegated to another request: done once their outputs are AVAILABLE;
+    /// failed once the delegate can no longer build them.
+    fn resolve_delegations(&mut self) {
+        for e in 0..self.execs.len() {
+            for n in 0..self.execs[e].nodes.len() {
+                let NodeState::Delegated { to } = self.execs[e].nodes[n].clone() else { continue };
+                let outputs = self.execs[e].plan.nodes[n].outputs.clone();
+                let available = {
+                    let state = self.store.state();
+                    outputs.iter().all(|o| state.is_available(o))
+                };
+                if available {
+                    self.execs[e].nodes[n] = NodeState::Done;
+                    let mut events = Vec::new();
+                    for r in self.newly_ready(e, n, &outputs) {
+                        let attempt = self.execs[e].next_attempt[r];
+                        events.push(self.schedule(e, r, attempt));
+                    }
+                    self.commit(events, None);
+                    continue;
+                }
+                let delegate_gone = self.execs.iter().find(|x| x.request == to).is_none_or(|x| {
+                    x.finished
+                        || x.plan.nodes.iter().zip(&x.nodes).any(|(pn, st)| {
+                            pn.outputs.iter().any(|o| outputs.contains(o))
+                                && matches!(
+                                    st,
+                                    NodeState::Failed | NodeState::Blocked | NodeState::Cancelled
+                                )
+                        })
+                });
+                if delegate_gone {
+                    let why = format!(
+                        "upstream {} failed in build {to}",
+                        outputs.first().cloned().unwrap_or_default()
+                    );
+                    self.block_downstream(e, n, &why);
+                    self.execs[e].nodes[n] = NodeState::Failed;
+                    self.execs[e].failures.push(why);
+                }
+            }
+        }
+    }
+
+    /// Marks everything downstream of (e, n) blocked, closing their partitions with `why`.
+    fn block_downstream(&mut self, e: usize, n: usize, why: &str) {
+        let req = self.execs[e].request.clone();
+        let blocked = scheduler::downstream(&self.execs[e].plan, n);
+        let mut events = Vec::new();
+        {
+            let state = self.store.state();
+            let mut marked: HashSet<String> = HashSet::new();
+            for &b in &blocked {
+                if !matches!(self.execs[e].nodes[b], NodeState::Waiting) {
+                    continue;
+                }
+                for o in &self.execs[e].plan.nodes[b].outputs {
+                    let k = state.key(&req, o).map(|k| k.status);
+                    if matches!(
+                        k,
+                        Some(
+                            PartitionStatus::PartitionAnalyzed
+                                | PartitionStatus::PartitionRequested
+                        )
+                    ) && marked.insert(o.clone())
+                    {
+                        events.push(ev::partition(
+                            &req,
+                            o,
+                            PartitionStatus::PartitionFailed,
+                            "",
+                            why,
+                        ));
+                    }
+                }
+            }
+        }
+        for b in blocked {
+            if self.execs[e].nodes[b] == NodeState::Waiting {
+                self.execs[e].nodes[b] = NodeState::Blocked;
+            }
+        }
+        self.commit(events, None);
+    }
+
     fn running_total(&self) -> usize {
         self.live.len()
     }
 
     fn launch_ready(&mut self) {
         let mut deferred = VecDeque::new();
-        while self.running_total() < self.settings.jobs.max(1) {
+        while self.fatal.is_none() && self.running_total() < self.settings.jobs.max(1) {
             let Some((e, n)) = self.queue.pop_front() else { break };
             let label = self.execs[e].plan.nodes[n].job.clone();
             let cap = self.graph.job(&label).and_then(|j| self.graph.jobs[j].max_concurrency);
@@ -507,6 +597,10 @@ impl Driver {
     /// Spawns the shim of a queued task and submits JOB_RUNNING; the job is released once that is
     /// durable.
     fn launch(&mut self, e: usize, n: usize) {
+        // Once the log has failed nothing new may start: its record could not be written.
+        if self.fatal.is_some() {
+            return;
+        }
         let NodeState::Queued { run, attempt } = self.execs[e].nodes[n].clone() else { return };
         let node = self.execs[e].plan.nodes[n].clone();
         let req = self.execs[e].request.clone();
@@ -840,7 +934,8 @@ impl Driver {
         // Tasks this one made ready join the same commit (one fsync on the critical path).
         let ready = self.newly_ready(e, n, &node.outputs);
         for r in ready {
-            events.push(self.schedule(e, r, 1));
+            let attempt = self.execs[e].next_attempt[r];
+            events.push(self.schedule(e, r, attempt));
         }
         let report = Note::Finished {
             job: node.job.clone(),
@@ -921,38 +1016,7 @@ impl Driver {
                 }
             }
             let first = node.outputs.first().cloned().unwrap_or_default();
-            let blocked = scheduler::downstream(&self.execs[e].plan, n);
-            let mut marked: HashSet<String> = HashSet::new();
-            for &b in &blocked {
-                if !matches!(self.execs[e].nodes[b], NodeState::Waiting) {
-                    continue;
-                }
-                for o in &self.execs[e].plan.nodes[b].outputs {
-                    let k = state.key(&req, o).map(|k| k.status);
-                    if matches!(
-                        k,
-                        Some(
-                            PartitionStatus::PartitionAnalyzed
-                                | PartitionStatus::PartitionRequested
-                        )
-                    ) && marked.insert(o.clone())
-                    {
-                        events.push(ev::partition(
-                            &req,
-                            o,
-                            PartitionStatus::PartitionFailed,
-                            "",
-                            &format!("upstream {first} failed"),
-                        ));
-                    }
-                }
-            }
             drop(state);
-            for b in blocked {
-                if self.execs[e].nodes[b] == NodeState::Waiting {
-                    self.execs[e].nodes[b] = NodeState::Blocked;
-                }
-            }
             self.execs[e].nodes[n] = NodeState::Failed;
             self.execs[e]
                 .failures
@@ -968,6 +1032,10 @@ impl Driver {
             retrying,
         };
         self.commit(events, Some(Msg::Report(report)));
+        if !retrying {
+            let first = node.outputs.first().cloned().unwrap_or_default();
+            self.block_downstream(e, n, &format!("upstream {first} failed"));
+        }
     }
 
     /// Ends an execution: closes its open partitions and writes the terminal request event.
@@ -992,22 +1060,7 @@ impl Driver {
         } else {
             "not built: an upstream job failed".to_string()
         };
-        // A BUILDING partition is closed naming the (ended) run that was building it, so the
-        // catalog shows it FAILED rather than still BUILDING.
-        let mut events: Vec<BuildEvent> = scheduler::open_partitions(&state, &req)
-            .into_iter()
-            .map(|(p, status)| {
-                let run = match status {
-                    PartitionStatus::PartitionBuilding => state
-                        .key(&req, &p)
-                        .map(|k| k.job_run_id.to_string())
-                        .filter(|r| state.runs.get(r.as_str()).is_some_and(|r| !r.is_live()))
-                        .unwrap_or_default(),
-                    _ => String::new(),
-                };
-                ev::partition(&req, &p, PartitionStatus::PartitionFailed, &run, &reason)
-            })
-            .collect();
+        let mut events: Vec<BuildEvent> = scheduler::closing_events(&state, &req, &reason);
         let message = match status {
             BuildRequestStatus::BuildRequestCompleted => String::new(),
             BuildRequestStatus::BuildRequestCancelled => "cancelled by signal".to_string(),

@@ -125,3 +125,377 @@ pub fn reconcile(store: &Store, grace: Duration) -> Result<Reconciled, CommitErr
     out.interrupted = store.state().open_requests().into_iter().map(|r| r.id.to_string()).collect();
     Ok(out)
 }
+
+/// What resuming interrupted requests prepared: executions for the driver (their first events
+/// already staged in the store), and requests that must be planned again.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// Executions to drive, oldest request first.
+    pub execs: Vec<crate::driver::Exec>,
+    /// Requests interrupted before their plan was recorded: (id, requested refs, force).
+    pub replan: Vec<(String, Vec<String>, bool)>,
+    /// Requests closed without running anything (a cancellation the crash interrupted).
+    pub closed: Vec<(String, crate::proto::BuildRequestStatus)>,
+    /// Things the operator should know.
+    pub warnings: Vec<String>,
+}
+
+/// Why a request could not be resumed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeError {
+    /// A commit failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// The recorded plan could not be read.
+    #[error("cannot read the recorded plan of build request {request}: {why}")]
+    Plan {
+        /// The request.
+        request: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Prepares every interrupted request for the driver (DESIGN.md §4.3). Call after [`reconcile`].
+///
+/// - A request that holds JOB_CANCELLED: its cancellation is finished (CANCELLED).
+/// - RECEIVED or PLANNING: it is planned again, with its recorded `force` (see `replan`).
+/// - ANALYSIS_COMPLETED or EXECUTING: its recorded JobGraph is reused; config is never called.
+///   A task whose outputs are all AVAILABLE by facts the request may rely on (any fact; with
+///   `force`, only facts newer than its RECEIVED) is done if this request built them, else
+///   delegated to the request that did, with JOB_SKIPPED. A task whose last run was stopped by
+///   the crash gets a new run under the same attempt number. Genuine failures stay failures. A
+///   task whose outputs an older resumed request is building is actively delegated to it.
+pub fn prepare_resume(store: &Store, graph_digest: &str) -> Result<Resume, ResumeError> {
+    use crate::driver::Exec;
+    use crate::planner::Plan;
+    use crate::proto::BuildRequestStatus as B;
+    use crate::scheduler::NodeState;
+
+    let mut out = Resume::default();
+    let requests: Vec<crate::state::Request> =
+        store.state().open_requests().into_iter().cloned().collect();
+    let reader = store
+        .reader()
+        .map_err(|e| ResumeError::Plan { request: String::new(), why: e.to_string() })?;
+    // Refs some earlier resumed request will build: (ref -> request).
+    let mut building: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for r in requests {
+        let req = r.id.to_string();
+        if !r.graph_digest.is_empty() && r.graph_digest != graph_digest {
+            out.warnings.push(format!(
+                "build request {req} was planned with a different databuild.toml; it resumes with its recorded plan and today's job definitions"
+            ));
+        }
+        if r.cancelling {
+            let mut events = close_open(store, &req, "cancelled");
+            events.push(ev::request(
+                &req,
+                B::BuildRequestCancelled,
+                "cancelled by signal (finished by recover)",
+            ));
+            store.stage(events)?;
+            out.closed.push((req, B::BuildRequestCancelled));
+            continue;
+        }
+        match r.status {
+            B::BuildRequestReceived | B::BuildRequestPlanning => {
+                if r.status == B::BuildRequestReceived {
+                    store.stage(vec![ev::request(&req, B::BuildRequestPlanning, "")])?;
+                }
+                out.replan.push((
+                    req,
+                    r.requested.iter().map(|p| p.to_string()).collect(),
+                    r.force,
+                ));
+                continue;
+            }
+            B::BuildRequestAnalysisCompleted => {
+                store.stage(vec![ev::request(&req, B::BuildRequestExecuting, "")])?;
+            }
+            _ => {}
+        }
+        let Some(plan_seq) = r.plan_seq else {
+            return Err(ResumeError::Plan { request: req, why: "no JobGraphEvent".into() });
+        };
+        let graph = match crate::store::event_at(&reader, plan_seq) {
+            Ok(Some(crate::proto::BuildEvent {
+                event_type: Some(crate::proto::build_event::EventType::JobGraphEvent(g)),
+                ..
+            })) => g.job_graph.unwrap_or_default(),
+            Ok(_) => {
+                return Err(ResumeError::Plan {
+                    request: req,
+                    why: format!("seq {plan_seq} is not its JobGraphEvent"),
+                });
+            }
+            Err(e) => return Err(ResumeError::Plan { request: req, why: e.to_string() }),
+        };
+        let plan = Plan::from_job_graph(&graph)
+            .map_err(|e| ResumeError::Plan { request: req.clone(), why: e.to_string() })?;
+        let mut exec = Exec::new(req.clone(), plan);
+        let mut events = Vec::new();
+        {
+            let state = store.state();
+            // The runs of this request, by task (a task is identified by its first output).
+            let mut last_run: Vec<Option<&Run>> = vec![None; exec.plan.nodes.len()];
+            for id in &r.runs {
+                let Some(run) = state.runs.get(&**id) else { continue };
+                if run.status == JobStatus::JobSkipped {
+                    continue;
+                }
+                if let Some(&n) = run.targets.first().and_then(|t| exec.plan.producer.get(&**t)) {
+                    last_run[n] = Some(run);
+                }
+            }
+            let relied_on = |p: &str| {
+                state.catalog.get(p).and_then(|c| c.shown()).is_some_and(|f| {
+                    f.status == PartitionStatus::PartitionAvailable
+                        && (!r.force || f.seq > r.received_seq)
+                })
+            };
+            let mut skipped: std::collections::BTreeMap<String, Vec<String>> =
+                std::collections::BTreeMap::new();
+            for n in 0..exec.plan.nodes.len() {
+                let node = &exec.plan.nodes[n];
+                let run = last_run[n];
+                if node.outputs.iter().all(|o| relied_on(o))
+                    || run.is_some_and(|x| x.status == JobStatus::JobCompleted)
+                {
+                    let ours = node.outputs.iter().all(|o| {
+                        state
+                            .catalog
+                            .get(o.as_str())
+                            .and_then(|c| c.shown())
+                            .is_some_and(|f| *f.build_request_id == *req)
+                    });
+                    if !ours {
+                        for o in &node.outputs {
+                            let f = state.catalog.get(o.as_str()).and_then(|c| c.shown());
+                            let (by, seq, by_run) =
+                                f.map_or((String::new(), 0, String::new()), |f| {
+                                    (
+                                        f.build_request_id.to_string(),
+                                        f.seq,
+                                        f.job_run_id.to_string(),
+                                    )
+                                });
+                            let open = state.key(&req, o).is_none_or(|k| {
+                                !matches!(
+                                    k.status,
+                                    PartitionStatus::PartitionDelegated
+                                        | PartitionStatus::PartitionAvailable
+                                )
+                            });
+                            if open && !by.is_empty() {
+                                let msg =
+                                    format!("AVAILABLE since seq {seq} (built by run {by_run})");
+                                events.push(ev::delegation(&req, o, &by, &msg));
+                                events.push(ev::partition(
+                                    &req,
+                                    o,
+                                    PartitionStatus::PartitionDelegated,
+                                    "",
+                                    &msg,
+                                ));
+                                skipped.entry(node.job.clone()).or_default().push(o.clone());
+                            }
+                        }
+                    }
+                    exec.nodes[n] = NodeState::Done;
+                    continue;
+                }
+                match run {
+                    Some(x)
+                        if x.status == JobStatus::JobFailed
+                            && x.failure != JobFailureKind::JobFailureEngineStopped =>
+                    {
+                        exec.nodes[n] = NodeState::Failed;
+                    }
+                    Some(x) if x.status == JobStatus::JobCancelled => {
+                        exec.nodes[n] = NodeState::Cancelled
+                    }
+                    Some(x) => exec.next_attempt[n] = x.attempt.max(1),
+                    None => {}
+                }
+            }
+            // Tasks downstream of a genuine failure were marked FAILED with it: they stay blocked.
+            for n in 0..exec.plan.nodes.len() {
+                if exec.nodes[n] == NodeState::Waiting
+                    && exec.plan.nodes[n]
+                        .deps
+                        .iter()
+                        .any(|&d| matches!(exec.nodes[d], NodeState::Failed | NodeState::Blocked))
+                {
+                    exec.nodes[n] = NodeState::Blocked;
+                }
+            }
+            // Active delegation: an older resumed request builds these outputs.
+            for n in 0..exec.plan.nodes.len() {
+                if exec.nodes[n] != NodeState::Waiting {
+                    continue;
+                }
+                let outs = &exec.plan.nodes[n].outputs;
+                if let Some(to) = outs.first().and_then(|o| building.get(o)).cloned()
+                    && outs.iter().all(|o| building.get(o) == Some(&to))
+                {
+                    for o in outs {
+                        let msg = format!("being built by build request {to}, resumed alongside");
+                        events.push(ev::delegation(&req, o, &to, &msg));
+                        events.push(ev::partition(
+                            &req,
+                            o,
+                            PartitionStatus::PartitionDelegated,
+                            "",
+                            &msg,
+                        ));
+                    }
+                    exec.nodes[n] = NodeState::Delegated { to };
+                }
+            }
+            for (label, refs) in skipped {
+                let id = store.new_id();
+                let mut j = ev::job(&req, &id, &label, &refs);
+                j.message = "skipped on resume: already AVAILABLE".to_string();
+                events.push(j.event(JobStatus::JobSkipped));
+            }
+        }
+        store.stage(events)?;
+        // Tasks ready now are scheduled in the same commit.
+        let mut scheduled = Vec::new();
+        {
+            let state = store.state();
+            for n in 0..exec.plan.nodes.len() {
+                if crate::scheduler::is_ready(&state, &exec.plan, &exec.nodes, n) {
+                    let run = store.new_id();
+                    let node = &exec.plan.nodes[n];
+                    let mut j = ev::job(&req, &run, &node.job, &node.outputs);
+                    j.config = Some(node.config.clone());
+                    j.attempt = exec.next_attempt[n];
+                    scheduled.push(j.event(JobStatus::JobScheduled));
+                    exec.nodes[n] = NodeState::Queued { run, attempt: exec.next_attempt[n] };
+                }
+            }
+        }
+        store.stage(scheduled)?;
+        for (n, node) in exec.plan.nodes.iter().enumerate() {
+            if matches!(exec.nodes[n], NodeState::Waiting | NodeState::Queued { .. }) {
+                for o in &node.outputs {
+                    building.entry(o.clone()).or_insert_with(|| req.clone());
+                }
+            }
+        }
+        out.execs.push(exec);
+    }
+    Ok(out)
+}
+
+fn close_open(store: &Store, req: &str, why: &str) -> Vec<crate::proto::BuildEvent> {
+    crate::scheduler::closing_events(&store.state(), req, why)
+}
+
+/// What `recover` did.
+#[derive(Debug)]
+pub struct Recovered {
+    /// What reconciliation found and did.
+    pub reconciled: Reconciled,
+    /// Warnings from resuming (changed graph file, ...).
+    pub warnings: Vec<String>,
+    /// How each interrupted request ended, oldest first. A cancellation the crash interrupted is
+    /// finished as CANCELLED (see `finished_cancellations`).
+    pub outcome: crate::driver::Outcome,
+    /// Requests whose cancellation was finished (they count as done).
+    pub finished_cancellations: Vec<String>,
+}
+
+/// Why `recover` stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoverError {
+    /// Recording failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// A request could not be resumed.
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
+    /// The driver stopped.
+    #[error(transparent)]
+    Driver(#[from] crate::driver::DriverError),
+}
+
+/// Reconciles, then resumes every interrupted build request to its end (DESIGN.md §4.2, §4.3).
+pub async fn recover(
+    store: std::sync::Arc<Store>,
+    graph: std::sync::Arc<crate::graph::Graph>,
+    settings: crate::driver::Settings,
+    observer: std::sync::Arc<dyn crate::driver::Observer>,
+) -> Result<Recovered, RecoverError> {
+    use crate::driver::{Driver, Note, Outcome, RequestEnd};
+    use crate::proto::BuildRequestStatus as B;
+
+    let s = store.clone();
+    let grace = settings.grace;
+    let reconciled = tokio::task::spawn_blocking(move || reconcile(&s, grace))
+        .await
+        .map_err(|e| CommitError::Restore(e.to_string()))??;
+    let mut resume = prepare_resume(&store, &graph.digest)?;
+    let mut ended: Vec<RequestEnd> = Vec::new();
+    // Requests that crashed before their plan was recorded are planned again, as recorded.
+    for (req, refs, force) in std::mem::take(&mut resume.replan) {
+        let logs = settings.logs_dir.join(&req).join("config");
+        match crate::planner::plan(
+            &graph,
+            &*store,
+            &refs,
+            force,
+            settings.jobs,
+            Some(&req),
+            Some(&logs),
+        )
+        .await
+        {
+            Ok(plan) => {
+                let tasks = plan.nodes.len();
+                let (events, exec, skipped) = crate::driver::plan_commit(&store, &req, plan);
+                store.stage(events)?;
+                observer.note(Note::Planned { request: req.clone(), tasks, skipped });
+                resume.execs.push(exec);
+            }
+            Err(e) => {
+                let message = format!("planning failed on resume: {e}");
+                let mut events = crate::scheduler::closing_events(&store.state(), &req, &message);
+                events.push(ev::request(&req, B::BuildRequestFailed, &message));
+                store.stage(events)?;
+                ended.push(RequestEnd { request: req, status: B::BuildRequestFailed, message });
+            }
+        }
+    }
+    let finished_cancellations: Vec<String> =
+        resume.closed.iter().map(|(r, _)| r.clone()).collect();
+    for (req, status) in &resume.closed {
+        ended.push(RequestEnd {
+            request: req.clone(),
+            status: *status,
+            message: "cancellation finished".into(),
+        });
+    }
+    // The driver's first commit carries everything staged above.
+    let driven = Driver::new(
+        store,
+        graph,
+        settings,
+        observer,
+        std::mem::take(&mut resume.execs),
+        Vec::new(),
+    )
+    .run()
+    .await?;
+    ended.extend(driven.requests);
+    Ok(Recovered {
+        reconciled,
+        warnings: resume.warnings,
+        outcome: Outcome { requests: ended, signal: driven.signal },
+        finished_cancellations,
+    })
+}

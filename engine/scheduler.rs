@@ -33,12 +33,21 @@ pub enum NodeState {
     Blocked,
     /// Cancelled before it could finish.
     Cancelled,
+    /// Its outputs are being built by another request executing in this engine (active
+    /// delegation, when `recover` resumes several): done when they become AVAILABLE.
+    Delegated {
+        /// That request.
+        to: String,
+    },
 }
 
 impl NodeState {
-    /// Whether a run of this task is queued or running.
+    /// Whether a run of this task is queued or running, or it waits for its delegate.
     pub fn is_live(&self) -> bool {
-        matches!(self, NodeState::Queued { .. } | NodeState::Running { .. })
+        matches!(
+            self,
+            NodeState::Queued { .. } | NodeState::Running { .. } | NodeState::Delegated { .. }
+        )
     }
 }
 
@@ -145,4 +154,24 @@ mod tests {
         assert_eq!(outcome(&s, &["x".into()], false), BuildRequestStatus::BuildRequestFailed);
         assert_eq!(outcome(&s, &[], true), BuildRequestStatus::BuildRequestCancelled);
     }
+}
+
+/// The events that close every partition of `request` still open, as FAILED with `why`. A
+/// BUILDING one names the (ended) run that was building it, so the catalog shows it FAILED
+/// rather than still BUILDING.
+pub fn closing_events(state: &State, request: &str, why: &str) -> Vec<crate::proto::BuildEvent> {
+    open_partitions(state, request)
+        .into_iter()
+        .map(|(p, status)| {
+            let run = match status {
+                PartitionStatus::PartitionBuilding => state
+                    .key(request, &p)
+                    .map(|k| k.job_run_id.to_string())
+                    .filter(|r| state.runs.get(r.as_str()).is_some_and(|r| !r.is_live()))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            crate::events::partition(request, &p, PartitionStatus::PartitionFailed, &run, why)
+        })
+        .collect()
 }

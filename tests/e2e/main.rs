@@ -5,5 +5,6 @@ mod bad_input;
 mod build;
 mod concurrency;
 mod history;
+mod kill;
 mod log_damage;
 mod util;

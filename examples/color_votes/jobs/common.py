@@ -53,6 +53,15 @@ def write(ref, value):
     os.replace(tmp, p)
 
 
+def note_in_ledger():
+    """Tests ask for a ledger of executions (DATABUILD_EXAMPLE_LEDGER=path): one line per exec,
+    its outputs and run id, so they can check what ran when."""
+    ledger = os.environ.get("DATABUILD_EXAMPLE_LEDGER")
+    if ledger:
+        with open(ledger, "a") as f:
+            f.write("%s %s\n" % (os.environ.get("DATABUILD_JOB_RUN_ID", "?"), os.environ.get("DATABUILD_OUTPUTS", "")))
+
+
 def slow_down():
     """Tests slow jobs down with DATABUILD_EXAMPLE_SLEEP_MS to give signals time to land."""
     ms = int(os.environ.get("DATABUILD_EXAMPLE_SLEEP_MS", "0") or 0)
@@ -66,5 +75,6 @@ def main(configure, execute):
     if sys.argv[1] == "config":
         configure(sys.argv[2:])
     else:
+        note_in_ledger()
         slow_down()
         execute(sys.argv[2:])
