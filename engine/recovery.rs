@@ -257,9 +257,8 @@ pub fn prepare_resume(store: &Store, graph_digest: &str) -> Result<Resume, Resum
             };
             let mut skipped: std::collections::BTreeMap<String, Vec<String>> =
                 std::collections::BTreeMap::new();
-            for n in 0..exec.plan.nodes.len() {
+            for (n, &run) in last_run.iter().enumerate() {
                 let node = &exec.plan.nodes[n];
-                let run = last_run[n];
                 if node.outputs.iter().all(|o| relied_on(o))
                     || run.is_some_and(|x| x.status == JobStatus::JobCompleted)
                 {

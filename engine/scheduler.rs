@@ -103,6 +103,26 @@ pub fn open_partitions(state: &State, request: &str) -> Vec<(String, PartitionSt
         .collect()
 }
 
+/// The events that close every partition of `request` still open, as FAILED with `why`. A
+/// BUILDING one names the (ended) run that was building it, so the catalog shows it FAILED
+/// rather than still BUILDING.
+pub fn closing_events(state: &State, request: &str, why: &str) -> Vec<crate::proto::BuildEvent> {
+    open_partitions(state, request)
+        .into_iter()
+        .map(|(p, status)| {
+            let run = match status {
+                PartitionStatus::PartitionBuilding => state
+                    .key(request, &p)
+                    .map(|k| k.job_run_id.to_string())
+                    .filter(|r| state.runs.get(r.as_str()).is_some_and(|r| !r.is_live()))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            crate::events::partition(request, &p, PartitionStatus::PartitionFailed, &run, why)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,24 +174,4 @@ mod tests {
         assert_eq!(outcome(&s, &["x".into()], false), BuildRequestStatus::BuildRequestFailed);
         assert_eq!(outcome(&s, &[], true), BuildRequestStatus::BuildRequestCancelled);
     }
-}
-
-/// The events that close every partition of `request` still open, as FAILED with `why`. A
-/// BUILDING one names the (ended) run that was building it, so the catalog shows it FAILED
-/// rather than still BUILDING.
-pub fn closing_events(state: &State, request: &str, why: &str) -> Vec<crate::proto::BuildEvent> {
-    open_partitions(state, request)
-        .into_iter()
-        .map(|(p, status)| {
-            let run = match status {
-                PartitionStatus::PartitionBuilding => state
-                    .key(request, &p)
-                    .map(|k| k.job_run_id.to_string())
-                    .filter(|r| state.runs.get(r.as_str()).is_some_and(|r| !r.is_live()))
-                    .unwrap_or_default(),
-                _ => String::new(),
-            };
-            crate::events::partition(request, &p, PartitionStatus::PartitionFailed, &run, why)
-        })
-        .collect()
 }
