@@ -101,7 +101,7 @@ fn one(seed: u64, iteration: u64) {
     let ledger_at_kill = e.read("ledger.txt").lines().count();
     let requests = e.run(&["builds", "--format", "json"]).ok().json_lines();
     let evs = events(&e);
-    let cancelling = events_of(&evs, "jobEvent", Some("JOB_CANCELLED")).len() > 0;
+    let cancelling = !events_of(&evs, "jobEvent", Some("JOB_CANCELLED")).is_empty();
     if kind == 7 {
         // Kill a first recover too, then recover again.
         let r = e.spawn(&["recover", "--jobs", "2"], &env);
