@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `databuild` binary on the shipped examples and on small graphs
 //! made in temp directories (ripgrep's layout: one test binary, a module per topic).
 
+mod audit;
 mod bad_input;
 mod build;
 mod concurrency;
