@@ -144,7 +144,7 @@ fn main() {
 
     // The fold rate, in-process: read + decode + apply.
     let t = Instant::now();
-    let (state, _) = databuild::store::load(&log, u64::MAX).unwrap();
+    let (state, _, _) = databuild::store::load(&log, u64::MAX).unwrap();
     let fold_s = t.elapsed().as_secs_f64();
     assert_eq!(state.last_seq as usize, events);
     println!("fold: {:.2} M events/s ({fold_s:.3} s for {events})", events as f64 / fold_s / 1e6);

@@ -18,20 +18,53 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
     let mut state = State::new();
     let mut violation: Option<Violation> = None;
     let mut undecodable: Option<(u64, String)> = None;
+    // Snapshots are checked against the fold: each must equal the state after its seq.
+    let log_id = databuild_log::Reader::open(&ctx.log_dir, ReadOptions::default())
+        .ok()
+        .and_then(|r| r.log_id());
+    let mut snaps: Vec<(u64, std::path::PathBuf)> = databuild::store::snapshots::list(&ctx.log_dir);
+    snaps.reverse();
+    let mut snap_notes: Vec<String> = Vec::new();
+    let mut check_snapshot = |state: &State, snaps: &mut Vec<(u64, std::path::PathBuf)>| {
+        while let Some((seq, path)) = snaps.first().cloned() {
+            if seq > state.last_seq {
+                break;
+            }
+            snaps.remove(0);
+            if seq < state.last_seq {
+                continue;
+            }
+            let verdict = match (std::fs::read(&path), log_id) {
+                (Ok(bytes), Some(id)) => match databuild::state::snapshot::decode(&bytes, id.0) {
+                    Ok(s) if s == *state => continue,
+                    Ok(_) => "differs from the fold of the log (it would mislead views: delete the snapshots directory, it is rebuilt)".to_string(),
+                    Err(e) => format!("{e} (ignored; the log is folded instead)"),
+                },
+                (Err(e), _) => e.to_string(),
+                (_, None) => "no log to compare with".to_string(),
+            };
+            snap_notes.push(format!("snapshot {}: {verdict}", path.display()));
+        }
+    };
     let report = databuild_log::verify(&ctx.log_dir, ReadOptions::default(), |seq, bytes| {
         if violation.is_some() || undecodable.is_some() {
             return;
         }
         match BuildEvent::decode(bytes) {
-            Ok(e) => {
-                if let Err(v) = state.apply(seq, &e) {
-                    violation = Some(v);
-                }
-            }
+            Ok(e) => match state.apply(seq, &e) {
+                Ok(()) => check_snapshot(&state, &mut snaps),
+                Err(v) => violation = Some(v),
+            },
             Err(e) => undecodable = Some((seq, e.to_string())),
         }
     })
     .map_err(|e| exit::open_error(&e, &ctx.log_dir))?;
+    for (seq, path) in &snaps {
+        snap_notes.push(format!(
+            "snapshot {} is beyond the log (seq {seq}); it is ignored",
+            path.display()
+        ));
+    }
     let sound = report.is_sound() && violation.is_none() && undecodable.is_none();
     let events = report.records;
     let last = report.next_seq.saturating_sub(1);
@@ -66,7 +99,8 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
             "partitions": state.catalog.len(),
             "jobRuns": state.runs.len(),
             "tail": tail,
-            "checkpoint": checkpoint,
+                        "checkpoint": checkpoint,
+            "snapshotWarnings": snap_notes,
             "problem": problem,
             "problemSeq": report.corruption.as_ref().map(|c| c.seq).or(violation.as_ref().map(|v| v.seq)).or(undecodable.as_ref().map(|u| u.0)),
         }))),
@@ -85,6 +119,9 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
             ));
             out(&format!("tail       {tail}"));
             out(&format!("checkpoint {checkpoint}"));
+            for n in &snap_notes {
+                out(&format!("warning    {n}"));
+            }
             match &problem {
                 None => out(
                     "result     OK: framing, checksums, continuity and every transition are sound",

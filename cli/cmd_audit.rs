@@ -1,7 +1,6 @@
 //! `explain` and `jobs`: why a partition is in its state, and how each job has been doing.
 
 use databuild::query::{self, Reason};
-use databuild::store;
 use serde_json::json;
 
 use crate::args::{ExplainArgs, Format, JobsArgs};
@@ -15,9 +14,8 @@ const FAILED_TAIL_LINES: usize = 5;
 pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
     ctx.formats("explain", &[Format::Text, Format::Json])?;
     databuild::graph::check_ref(&a.partition).map_err(|e| exit::lookup_error(&e))?;
-    let (state, _) =
-        store::load(&ctx.log_dir, u64::MAX).map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
-    let e = query::explain(&state, &a.partition);
+    let (state, _) = crate::cmd_history::load(ctx)?;
+    let e = query::explain(state, &a.partition);
     let tail: Vec<String> = if e.reason == Reason::Failed && !e.job_run_id.is_empty() {
         let dir = ctx.logs_dir.join(&e.job_run_id);
         let mut lines = Vec::new();
@@ -84,11 +82,10 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
 
 pub fn jobs(ctx: &Ctx, a: JobsArgs) -> Result<u8, CliError> {
     ctx.formats("jobs", &[Format::Text, Format::Json])?;
-    let (state, _) =
-        store::load(&ctx.log_dir, u64::MAX).map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
+    let (state, _) = crate::cmd_history::load(ctx)?;
     let color = render::color_stdout();
     let Some(label) = a.label else {
-        let stats = query::job_stats(&state);
+        let stats = query::job_stats(state);
         match ctx.format {
             Format::Json => {
                 for s in stats {
@@ -132,7 +129,7 @@ pub fn jobs(ctx: &Ctx, a: JobsArgs) -> Result<u8, CliError> {
         }
         return Ok(exit::SUCCESS);
     };
-    let runs = query::job_runs(&state, &label);
+    let runs = query::job_runs(state, &label);
     let known = !runs.is_empty() || state.runs.values().any(|r| *r.job_label == *label);
     if !known {
         let in_graph = ctx.graph().ok().is_some_and(|g| g.job(&label).is_some());

@@ -8,7 +8,7 @@ use databuild::graph::Graph;
 use databuild::planner::Plan;
 use databuild::proto::BuildRequestStatus;
 use databuild::request::{self, BuildSpec};
-use databuild::store::{self, Store, StoreOptions};
+use databuild::store::{Store, StoreOptions};
 use databuild_log::WriterOptions;
 
 use crate::args::{AnalyzeArgs, BuildArgs, Format};
@@ -36,7 +36,7 @@ pub fn open_store(ctx: &Ctx, wait: bool) -> Result<Store, CliError> {
     };
     let (store, report) =
         Store::open(&ctx.log_dir, opts).map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
-    for w in &report.warnings {
+    for w in report.warnings.iter().chain(store.snapshot_warnings()) {
         eprintln!("warning: {w}");
     }
     Ok(store)
@@ -152,12 +152,11 @@ pub fn analyze(ctx: &Ctx, a: AnalyzeArgs) -> Result<u8, CliError> {
     for r in &a.refs {
         graph.owner(r).map_err(|e| exit::lookup_error(&e))?;
     }
-    let (state, _) =
-        store::load(&ctx.log_dir, u64::MAX).map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
+    let (state, _) = crate::cmd_history::load(ctx)?;
     let rt = runtime()?;
     let jobs = a.jobs.map_or_else(cpus, |j| j as usize);
     let plan = rt
-        .block_on(request::analyze(&graph, &state, &a.refs, a.force, jobs))
+        .block_on(request::analyze(&graph, state, &a.refs, a.force, jobs))
         .map_err(|e| exit::plan_error(&e))?;
     match ctx.format {
         Format::Json => out(&json(&plan.job_graph())),

@@ -28,8 +28,11 @@ fn open_reader(ctx: &Ctx) -> Result<Reader, CliError> {
 /// Folds the whole log. The state is leaked on purpose: the command exits right after using it,
 /// and freeing hundreds of megabytes of small allocations one by one would only delay the exit.
 pub fn load(ctx: &Ctx) -> Result<(&'static State, Reader), CliError> {
-    let (state, reader) =
+    let (state, reader, warnings) =
         store::load(&ctx.log_dir, u64::MAX).map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
     Ok((Box::leak(Box::new(state)), reader))
 }
 

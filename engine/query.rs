@@ -60,15 +60,15 @@ pub enum Until {
 
 /// Folds the log up to `until`.
 pub fn state_at(reader: &Reader, until: Until) -> Result<State, StoreError> {
-    let mut state = State::new();
-    match until {
-        Until::Seq(s) => store::fold(reader, &mut state, s)?,
-        Until::Time(t) => {
-            let last = last_seq_at_or_before(reader, t)?;
-            store::fold(reader, &mut state, last)?;
-        }
+    let last = match until {
+        Until::Seq(s) => s,
+        Until::Time(t) => last_seq_at_or_before(reader, t)?,
+    };
+    if last == 0 {
+        return Ok(State::new());
     }
-    Ok(state)
+    // The newest snapshot at or below the point in time, then the events after it.
+    Ok(store::fold_with_snapshot(reader, last)?.0)
 }
 
 /// The last seq whose event's timestamp is at most `t` (0 if none). Timestamps are informational

@@ -839,5 +839,7 @@ impl State {
     }
 }
 
+pub mod snapshot;
+
 #[cfg(test)]
 mod tests;

@@ -116,6 +116,33 @@ pub fn fold(reader: &Reader, state: &mut State, until_seq: u64) -> Result<(), St
     }
 }
 
+/// A snapshot is written once this many events follow the newest one (by the writer when it
+/// closes, or by any reader that had to fold them): it bounds how much a later open folds.
+pub const SNAPSHOT_EVERY_EVENTS: u64 = 250_000;
+
+/// Loads the newest usable snapshot at or below `until_seq` (if any) and folds the rest of the
+/// log up to `until_seq`. Returns the state, the seq of the snapshot used (0: none) and warnings
+/// about snapshots that could not be used.
+pub fn fold_with_snapshot(
+    reader: &Reader,
+    until_seq: u64,
+) -> Result<(State, u64, Vec<String>), StoreError> {
+    let mut state = State::new();
+    let mut from = 0;
+    let mut warnings = Vec::new();
+    if let Some(id) = reader.log_id() {
+        let max = until_seq.min(reader.next_seq().saturating_sub(1));
+        let (snap, bad) = snapshots::load(reader.dir(), id.0, max);
+        warnings.extend(bad.into_iter().map(|e| format!("{e}; folding the log instead")));
+        if let Some(s) = snap {
+            from = s.last_seq;
+            state = s;
+        }
+    }
+    fold(reader, &mut state, until_seq)?;
+    Ok((state, from, warnings))
+}
+
 /// A clock and id source for stamping events; injected so tests are deterministic.
 pub trait Stamp: Send + Sync + std::fmt::Debug {
     /// Unix time in nanoseconds.
@@ -171,6 +198,9 @@ pub struct Store {
     writer: Writer,
     state: RwLock<State>,
     staged: Mutex<Staged>,
+    /// Seq of the newest snapshot (0: none).
+    snapshot_seq: u64,
+    snapshot_warnings: Vec<String>,
     stamp: Arc<dyn Stamp>,
     dir: PathBuf,
     fs: Arc<dyn databuild_log::Fs>,
@@ -181,13 +211,15 @@ impl Store {
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<(Store, OpenReport), StoreError> {
         let fs = opts.writer.fs.clone();
         let (writer, report) = Writer::open(dir, opts.writer)?;
-        let mut state = State::new();
         let reader = writer.reader(ReadMode::Mmap)?;
-        fold(&reader, &mut state, u64::MAX)?;
+        // Snapshots are only a shortcut: a bad one is skipped (the warnings say so).
+        let (state, snapshot_seq, snapshot_warnings) = fold_with_snapshot(&reader, u64::MAX)?;
         let store = Store {
             writer,
             state: RwLock::new(state),
             staged: Mutex::new(Staged::default()),
+            snapshot_seq,
+            snapshot_warnings,
             stamp: opts.stamp,
             dir: dir.to_path_buf(),
             fs,
@@ -198,6 +230,11 @@ impl Store {
     /// The current state (what has been submitted, durable or about to be).
     pub fn state(&self) -> RwLockReadGuard<'_, State> {
         self.state.read()
+    }
+
+    /// Snapshots that could not be used when opening (the log was folded instead).
+    pub fn snapshot_warnings(&self) -> &[String] {
+        &self.snapshot_warnings
     }
 
     /// The log directory.
@@ -309,8 +346,16 @@ impl Store {
         Ok(fresh)
     }
 
-    /// Closes the log cleanly.
+    /// Closes the log cleanly, first writing a snapshot if many events followed the last one.
     pub fn close(self) -> Result<(), AppendError> {
+        let state = self.state.read();
+        if state.last_seq >= self.snapshot_seq + SNAPSHOT_EVERY_EVENTS
+            && self.writer.durable_end().next_seq > state.last_seq
+        {
+            // Derived and best-effort: a failure only means the next open folds more.
+            let _ = snapshots::write(&self.dir, &state, self.writer.log_id().0);
+        }
+        drop(state);
         self.writer.close()
     }
 
@@ -320,13 +365,20 @@ impl Store {
     }
 }
 
-/// Opens a log read-only and folds it up to `until_seq` (all of it for `u64::MAX`). A missing log
-/// is an empty state.
-pub fn load(dir: &Path, until_seq: u64) -> Result<(State, Reader), StoreError> {
+/// Opens a log read-only and folds it up to `until_seq` (all of it for `u64::MAX`), from the
+/// newest usable snapshot. A missing log is an empty state. Also returns warnings about
+/// snapshots that could not be used.
+pub fn load(dir: &Path, until_seq: u64) -> Result<(State, Reader, Vec<String>), StoreError> {
     let reader = Reader::open(dir, ReadOptions::default())?;
-    let mut state = State::new();
-    fold(&reader, &mut state, until_seq)?;
-    Ok((state, reader))
+    let (state, from, warnings) = fold_with_snapshot(&reader, until_seq)?;
+    // A reader that had to fold many events leaves a snapshot for the next one.
+    if until_seq == u64::MAX
+        && state.last_seq >= from + SNAPSHOT_EVERY_EVENTS
+        && let Some(id) = reader.log_id()
+    {
+        let _ = snapshots::write(dir, &state, id.0);
+    }
+    Ok((state, reader, warnings))
 }
 
 /// Reads the event at `seq` (payloads stay in the log; the state keeps their seqs).
@@ -343,4 +395,84 @@ pub fn event_at(reader: &Reader, seq: u64) -> Result<Option<BuildEvent>, StoreEr
         }
     }
     Ok(None)
+}
+
+/// Snapshot files: `snapshots/<seq:020>.snap` next to the segments (see [`crate::state::snapshot`]
+/// for the encoding). Derived and best-effort: nothing here is ever a reason to refuse to open.
+pub mod snapshots {
+    use std::path::{Path, PathBuf};
+
+    use crate::state::State;
+    use crate::state::snapshot::{SnapshotError, decode, encode};
+
+    /// Directory of snapshots inside the log directory.
+    pub const DIR: &str = "snapshots";
+    /// How many snapshots are kept (the newest); older ones are deleted when a new one is written.
+    pub const KEEP: usize = 3;
+
+    /// The path of the snapshot after `seq`.
+    pub fn path(log_dir: &Path, seq: u64) -> PathBuf {
+        log_dir.join(DIR).join(format!("{seq:020}.snap"))
+    }
+
+    /// Snapshots in `log_dir`, newest first: (seq, path).
+    pub fn list(log_dir: &Path) -> Vec<(u64, PathBuf)> {
+        let Ok(dir) = std::fs::read_dir(log_dir.join(DIR)) else { return Vec::new() };
+        let mut v: Vec<(u64, PathBuf)> = dir
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name().into_string().ok()?;
+                let seq = name.strip_suffix(".snap")?.parse().ok()?;
+                Some((seq, e.path()))
+            })
+            .collect();
+        v.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+        v
+    }
+
+    /// Writes a snapshot of `state` (tmp, fdatasync, rename, directory fsync) and keeps the newest
+    /// [`KEEP`]. Any process may do this; readers take no lock (the rename is atomic).
+    pub fn write(log_dir: &Path, state: &State, log_id: [u8; 16]) -> std::io::Result<PathBuf> {
+        use std::io::Write;
+        let dir = log_dir.join(DIR);
+        std::fs::create_dir_all(&dir)?;
+        let bytes = encode(state, log_id);
+        let final_path = path(log_dir, state.last_seq);
+        let tmp = dir.join(format!("{:020}.snap.{}.tmp", state.last_seq, std::process::id()));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_data()?;
+        }
+        std::fs::rename(&tmp, &final_path)?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        for (_, old) in list(log_dir).into_iter().skip(KEEP) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(final_path)
+    }
+
+    /// The newest usable snapshot at or below `max_seq`, with warnings for the unusable ones met on
+    /// the way. `None` if there is none (fold from the start).
+    pub fn load(
+        log_dir: &Path,
+        log_id: [u8; 16],
+        max_seq: u64,
+    ) -> (Option<State>, Vec<SnapshotError>) {
+        let mut warnings = Vec::new();
+        for (seq, p) in list(log_dir) {
+            if seq > max_seq {
+                continue;
+            }
+            let err = |why: String| SnapshotError { path: p.display().to_string(), why };
+            match std::fs::read(&p) {
+                Ok(bytes) => match decode(&bytes, log_id) {
+                    Ok(s) => return (Some(s), warnings),
+                    Err(why) => warnings.push(err(why)),
+                },
+                Err(e) => warnings.push(err(e.to_string())),
+            }
+        }
+        (None, warnings)
+    }
 }

@@ -503,3 +503,144 @@ fn completed_runs_feed_the_lineage_projection() {
     );
     assert_eq!(l.state.readers["in/a"], vec![Sym::from("run-1")]);
 }
+
+/// A history with every kind of event: a completed build with a QUERY input, a skip with its
+/// delegation, a failed run and its cancelled retry, an upstream failure, a cancellation, and an
+/// engine event.
+fn history_events() -> Vec<BuildEvent> {
+    let mut rec = Recorder::default();
+    rec.build();
+    rec.events
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Vec<BuildEvent>,
+}
+
+impl Recorder {
+    fn push(&mut self, e: BuildEvent) {
+        self.events.push(e);
+    }
+
+    fn build(&mut self) {
+        let t = refs(&["out"]);
+        self.push(ev::received(R, &t, false, ""));
+        self.push(ev::partition(R, "out", P::PartitionRequested, "", ""));
+        self.push(ev::request(R, B::BuildRequestPlanning, ""));
+        self.push(ev::job_graph(R, JobGraph::default()));
+        self.push(ev::request(R, B::BuildRequestAnalysisCompleted, ""));
+        self.push(ev::request(R, B::BuildRequestExecuting, ""));
+        self.push(ev::partition(R, "out", P::PartitionAnalyzed, "", ""));
+        self.push(ev::job(R, "run-1", "job", &t).event(J::JobScheduled));
+        self.push(ev::job(R, "run-1", "job", &t).event(J::JobRunning));
+        self.push(ev::partition(R, "out", P::PartitionBuilding, "run-1", ""));
+        let mut done = ev::job(R, "run-1", "job", &t);
+        let mut m = manifest(&t);
+        m.inputs = vec![PartitionManifest {
+            outputs: vec![ev::pref("ext/1")],
+            dep_type: DepType::Query as i32,
+            ..PartitionManifest::default()
+        }];
+        done.manifests = vec![m];
+        self.push(done.event(J::JobCompleted));
+        self.push(ev::partition(R, "out", P::PartitionAvailable, "run-1", ""));
+        self.push(ev::request(R, B::BuildRequestCompleted, ""));
+        let r2 = "req-2";
+        self.push(ev::received(r2, &refs(&["out", "x"]), true, "digest"));
+        self.push(ev::partition(r2, "out", P::PartitionRequested, "", ""));
+        self.push(ev::partition(r2, "x", P::PartitionRequested, "", ""));
+        self.push(ev::request(r2, B::BuildRequestPlanning, ""));
+        self.push(ev::delegation(r2, "out", R, "available"));
+        self.push(ev::partition(r2, "out", P::PartitionDelegated, "", "available"));
+        self.push(ev::job(r2, "skip-1", "job", &t).event(J::JobSkipped));
+        self.push(ev::partition(r2, "x", P::PartitionAnalyzed, "", ""));
+        self.push(ev::partition(r2, "y", P::PartitionAnalyzed, "", ""));
+        self.push(ev::job_graph(r2, JobGraph::default()));
+        self.push(ev::request(r2, B::BuildRequestAnalysisCompleted, ""));
+        self.push(ev::request(r2, B::BuildRequestExecuting, ""));
+        let x = refs(&["x"]);
+        self.push(ev::job(r2, "run-x1", "xjob", &x).event(J::JobScheduled));
+        let mut running = ev::job(r2, "run-x1", "xjob", &x);
+        running.process = Some(crate::proto::ProcessInfo {
+            pid: 7,
+            pgid: 7,
+            host: "h".into(),
+            boot_id: "b".into(),
+            start_time_ticks: 9,
+        });
+        self.push(running.event(J::JobRunning));
+        self.push(ev::partition(r2, "x", P::PartitionBuilding, "run-x1", ""));
+        let mut failed = ev::job(r2, "run-x1", "xjob", &x);
+        failed.failure = Some(JobFailureKind::JobFailureExitNonzero);
+        failed.exit_code = 3;
+        self.push(failed.event(J::JobFailed));
+        self.push(ev::job(r2, "run-x2", "xjob", &x).event(J::JobScheduled));
+        self.push(ev::job(r2, "run-x2", "xjob", &x).event(J::JobCancelled));
+        self.push(ev::partition(r2, "x", P::PartitionFailed, "run-x2", "cancelled"));
+        self.push(ev::partition(r2, "y", P::PartitionFailed, "", "upstream x failed"));
+        self.push(ev::engine(EngineEventKind::EngineRecovered, "recovered", 0, 0));
+        self.push(ev::request(r2, B::BuildRequestCancelled, ""));
+    }
+}
+
+fn fold_all(events: &[BuildEvent], upto: usize) -> State {
+    let mut s = State::new();
+    for (i, e) in events.iter().take(upto).enumerate() {
+        let mut e = e.clone();
+        e.timestamp = 1000 + i as i64;
+        s.apply(i as u64 + 1, &e).unwrap_or_else(|v| panic!("event {}: {v}", i + 1));
+    }
+    s
+}
+
+#[test]
+fn a_snapshot_at_any_prefix_plus_the_rest_folds_to_the_same_state() {
+    use super::snapshot::{decode, encode};
+    let events = history_events();
+    let full = fold_all(&events, events.len());
+    let id = [5u8; 16];
+    for k in 0..=events.len() {
+        let at_k = fold_all(&events, k);
+        let bytes = encode(&at_k, id);
+        assert_eq!(encode(&at_k, id), bytes, "encoding is deterministic");
+        let mut loaded = decode(&bytes, id).unwrap_or_else(|e| panic!("prefix {k}: {e}"));
+        assert_eq!(loaded, at_k, "prefix {k}: a snapshot decodes to the state it was taken of");
+        for (i, e) in events.iter().enumerate().skip(k) {
+            let mut e = e.clone();
+            e.timestamp = 1000 + i as i64;
+            loaded
+                .apply(i as u64 + 1, &e)
+                .unwrap_or_else(|v| panic!("prefix {k}, event {}: {v}", i + 1));
+        }
+        assert_eq!(loaded, full, "prefix {k}: snapshot ++ rest == fold(all)");
+    }
+}
+
+#[test]
+fn damaged_foreign_or_old_snapshots_are_refused_never_misread() {
+    use super::snapshot::{FOLD_VERSION, decode, encode};
+    let events = history_events();
+    let st = fold_all(&events, events.len());
+    let id = [5u8; 16];
+    let good = encode(&st, id);
+    assert!(decode(&good, [6u8; 16]).unwrap_err().contains("another log"));
+    let mut old = good.clone();
+    old[8..12].copy_from_slice(&(FOLD_VERSION + 1).to_le_bytes());
+    assert!(decode(&old, id).is_err(), "another fold version (checksum or version)");
+    for cut in [0, 10, 44, good.len() / 2, good.len() - 1] {
+        assert!(decode(&good[..cut], id).is_err(), "truncated at {cut}");
+    }
+    for at in (0..good.len()).step_by(7) {
+        let mut bad = good.clone();
+        bad[at] ^= 0x20;
+        assert!(decode(&bad, id).is_err(), "a flipped byte at {at} is detected");
+    }
+    // A body with a huge count but a valid checksum is refused before allocating.
+    let mut forged = good[..44].to_vec();
+    forged[36..44].copy_from_slice(&4u64.to_le_bytes());
+    forged.extend_from_slice(&u32::MAX.to_le_bytes());
+    let crc = crc32fast::hash(&forged);
+    forged.extend_from_slice(&crc.to_le_bytes());
+    assert!(decode(&forged, id).is_err());
+}

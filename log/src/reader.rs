@@ -221,6 +221,11 @@ impl Reader {
         Ok(End { next_seq: scan.next_seq, segment_id: last.id, offset: scan.end_offset })
     }
 
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The log's id (`None` for an empty log).
     pub fn log_id(&self) -> Option<LogId> {
         self.log_id

@@ -1,0 +1,175 @@
+//! Protects snapshots as a pure shortcut: loading from any snapshot gives exactly the state a
+//! full fold gives; a damaged, foreign or stale snapshot is skipped with a warning (never a
+//! reason to refuse, never misread); time travel starts from the newest snapshot at or below
+//! the seq asked; and `verify` reports a snapshot that disagrees with the log.
+
+use std::path::Path;
+use std::process::Command;
+
+use databuild::events as ev;
+use databuild::proto::{
+    BuildRequestStatus as B, JobGraph, JobStatus as J, PartitionManifest, PartitionStatus as P,
+};
+use databuild::query::{self, Until};
+use databuild::state::State;
+use databuild::store::{self, Store, StoreOptions, snapshots};
+use databuild_log::{Durability, ReadOptions, Reader, WriterOptions};
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        writer: WriterOptions {
+            durability: Durability::None,
+            checkpoint_interval: None,
+            ..WriterOptions::default()
+        },
+        ..StoreOptions::default()
+    }
+}
+
+/// One completed request building `out/<n>` from `in/<n>`.
+fn request(store: &Store, n: u32) {
+    let req = store.new_id();
+    let (i, o) = (format!("in/{n}"), format!("out/{n}"));
+    let mut evs = vec![ev::received(&req, std::slice::from_ref(&o), false, "")];
+    evs.push(ev::partition(&req, &o, P::PartitionRequested, "", ""));
+    evs.push(ev::request(&req, B::BuildRequestPlanning, ""));
+    evs.push(ev::partition(&req, &i, P::PartitionAnalyzed, "", ""));
+    evs.push(ev::partition(&req, &o, P::PartitionAnalyzed, "", ""));
+    evs.push(ev::job_graph(&req, JobGraph::default()));
+    evs.push(ev::request(&req, B::BuildRequestAnalysisCompleted, ""));
+    evs.push(ev::request(&req, B::BuildRequestExecuting, ""));
+    let mut producer = String::new();
+    for (label, p, input) in [("ingest", &i, None), ("derive", &o, Some(&i))] {
+        let run = store.new_id();
+        let t = vec![p.clone()];
+        evs.push(ev::job(&req, &run, label, &t).event(J::JobScheduled));
+        evs.push(ev::job(&req, &run, label, &t).event(J::JobRunning));
+        evs.push(ev::partition(&req, p, P::PartitionBuilding, &run, ""));
+        let mut done = ev::job(&req, &run, label, &t);
+        let mut m =
+            PartitionManifest { outputs: vec![ev::pref(p)], ..PartitionManifest::default() };
+        if let Some(inp) = input {
+            m.inputs = vec![PartitionManifest {
+                outputs: vec![ev::pref(inp)],
+                job_run_id: producer.clone(),
+                dep_type: 1,
+                ..PartitionManifest::default()
+            }];
+        }
+        done.manifests = vec![m];
+        evs.push(done.event(J::JobCompleted));
+        evs.push(ev::partition(&req, p, P::PartitionAvailable, &run, ""));
+        producer = run;
+    }
+    evs.push(ev::request(&req, B::BuildRequestCompleted, ""));
+    store.stage(evs).unwrap();
+}
+
+fn full_fold(dir: &Path, until: u64) -> State {
+    let r = Reader::open(dir, ReadOptions::default()).unwrap();
+    let mut s = State::new();
+    store::fold(&r, &mut s, until).unwrap();
+    s
+}
+
+#[test]
+fn snapshots_shorten_the_fold_without_changing_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let (st, _) = Store::open(&log, opts()).unwrap();
+    let id = Reader::open(&log, ReadOptions::default()).map(|r| r.log_id()).unwrap();
+    let mut snapshot_seqs = Vec::new();
+    for n in 0..60 {
+        request(&st, n);
+        st.flush().unwrap().map(|p| p.wait().unwrap());
+        if n % 20 == 9 {
+            let s = st.state().clone();
+            snapshots::write(&log, &s, id.unwrap_or(databuild_log::LogId([0; 16])).0).unwrap();
+            snapshot_seqs.push(s.last_seq);
+        }
+    }
+    st.close().unwrap();
+    let id = Reader::open(&log, ReadOptions::default()).unwrap().log_id().unwrap();
+    let all = full_fold(&log, u64::MAX);
+    // load() starts from the newest snapshot and folds the rest: the same state.
+    let (loaded, _, warnings) = store::load(&log, u64::MAX).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(loaded, all);
+    // Time travel to any seq starts from the newest snapshot at or below it: the same state as a
+    // fold from the start.
+    let reader = Reader::open(&log, ReadOptions::default()).unwrap();
+    for until in [
+        1,
+        snapshot_seqs[0] - 1,
+        snapshot_seqs[0],
+        snapshot_seqs[0] + 1,
+        snapshot_seqs[2] + 5,
+        all.last_seq,
+    ] {
+        assert_eq!(
+            query::state_at(&reader, Until::Seq(until)).unwrap(),
+            full_fold(&log, until),
+            "at seq {until}"
+        );
+    }
+    // The writer's open uses them too, and agrees.
+    let (st, _) = Store::open(&log, opts()).unwrap();
+    assert_eq!(*st.state(), all);
+    assert!(st.snapshot_warnings().is_empty());
+    st.close().unwrap();
+    // Damage the newest snapshot: it is skipped with a warning, the older one is used.
+    let newest = snapshots::list(&log)[0].1.clone();
+    let mut b = std::fs::read(&newest).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 1;
+    std::fs::write(&newest, &b).unwrap();
+    let (loaded, _, warnings) = store::load(&log, u64::MAX).unwrap();
+    assert_eq!(loaded, all);
+    assert!(warnings.iter().any(|w| w.contains("checksum")), "{warnings:?}");
+    // A snapshot of another log is ignored too.
+    let other = databuild::state::snapshot::encode(&all, [9u8; 16]);
+    std::fs::write(snapshots::path(&log, all.last_seq + 1000), other).unwrap();
+    let (loaded, _, warnings) = store::load(&log, u64::MAX).unwrap();
+    assert_eq!(loaded, all);
+    assert!(!warnings.is_empty());
+    let _ = id;
+}
+
+#[test]
+fn verify_reports_a_snapshot_that_disagrees_with_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let (st, _) = Store::open(&log, opts()).unwrap();
+    for n in 0..5 {
+        request(&st, n);
+    }
+    st.flush().unwrap().map(|p| p.wait().unwrap());
+    st.close().unwrap();
+    let id = Reader::open(&log, ReadOptions::default()).unwrap().log_id().unwrap();
+    // A snapshot claiming seq 20 but holding the state after seq 10.
+    std::fs::create_dir_all(log.join(snapshots::DIR)).unwrap();
+    let mut wrong = full_fold(&log, 10);
+    wrong.last_seq = 20;
+    std::fs::write(snapshots::path(&log, 20), databuild::state::snapshot::encode(&wrong, id.0))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_databuild"))
+        .args(["verify", "--log"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("differs from the fold of the log"), "{stdout}");
+    // A correct one is not reported.
+    std::fs::write(
+        snapshots::path(&log, 20),
+        databuild::state::snapshot::encode(&full_fold(&log, 20), id.0),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_databuild"))
+        .args(["verify", "--log"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !stdout.contains("snapshot"), "{stdout}");
+}
