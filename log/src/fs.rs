@@ -84,6 +84,9 @@ pub trait Fs: Send + Sync + Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes the exclusive writer lock on `path` (created if missing); waits for it if `wait`.
     fn lock(&self, path: &Path, wait: bool) -> io::Result<LockAttempt>;
+    /// Whether some process holds the writer lock on `path` right now (without taking it for
+    /// longer than the check, and without creating the file).
+    fn lock_held(&self, path: &Path) -> io::Result<bool>;
     /// The first `len` bytes of the file at `path`, mapped or read as `mode` says.
     fn load(&self, path: &Path, len: u64, mode: ReadMode) -> io::Result<SegmentBytes>;
 }
@@ -200,6 +203,20 @@ impl Fs for RealFs {
             }
         }
         Ok(LockAttempt::Acquired(Box::new(RealLock { file })))
+    }
+
+    fn lock_held(&self, path: &Path) -> io::Result<bool> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        // A shared lock is refused while a writer holds the exclusive one.
+        match file.try_lock_shared() {
+            Ok(()) => Ok(false),
+            Err(TryLockError::WouldBlock) => Ok(true),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
     }
 
     fn load(&self, path: &Path, len: u64, mode: ReadMode) -> io::Result<SegmentBytes> {

@@ -141,7 +141,12 @@ impl Reader {
         // the writer creates a segment before it publishes an end inside it.
         let published = match &self.source {
             EndSource::Writer(shared) => Some(shared.end()),
-            EndSource::Tail => {
+            // TAIL bounds what a live writer has made durable. With no writer alive there is no
+            // commit in flight, and TAIL may lag the last one (the writer died between its fsync
+            // and the TAIL write): then the end is found by scanning, as the next writer would.
+            EndSource::Tail
+                if self.fs.lock_held(&self.dir.join(crate::segment::LOCK_FILE)).unwrap_or(true) =>
+            {
                 let tail = read_tail(&*self.fs, &self.dir);
                 self.tail_log_id = tail.map(|t| t.log_id);
                 tail.map(|t| End {
@@ -150,6 +155,7 @@ impl Reader {
                     offset: t.offset,
                 })
             }
+            EndSource::Tail => None,
             EndSource::Scan => None,
         };
         let segments = segment::list_segments(&*self.fs, &self.dir)?;

@@ -523,6 +523,10 @@ impl Fs for SimFs {
         })))
     }
 
+    fn lock_held(&self, path: &Path) -> io::Result<bool> {
+        Ok(self.state.lock().locks.contains(path))
+    }
+
     fn load(&self, path: &Path, len: u64, _mode: ReadMode) -> io::Result<SegmentBytes> {
         let st = self.state.lock();
         let ino = *st.names.get(path).ok_or_else(|| not_found(path))?;
