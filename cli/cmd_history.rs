@@ -118,10 +118,14 @@ impl Filter {
 
 fn print_event(ctx: &Ctx, seq: u64, ev: &BuildEvent) {
     match ctx.format {
-        Format::Json => {
-            let event = serde_json::to_value(ev).unwrap_or(Value::Null);
-            out(&json(&j!({ "seq": seq, "event": event })));
-        }
+        Format::Json => match serde_json::to_value(ev) {
+            Ok(event) => out(&json(&j!({ "seq": seq, "event": event }))),
+            // pbjson cannot write an enum number this version does not name (an event of a newer
+            // databuild): say so rather than print nothing.
+            Err(e) => out(&json(
+                &j!({ "seq": seq, "event": Value::Null, "error": format!("not representable as JSON: {e}") }),
+            )),
+        },
         _ => {
             let (kind, detail) = render::event_summary(ev);
             let req = if ev.build_request_id.is_empty() {
