@@ -1,0 +1,89 @@
+//! A synthetic but legal build history for benchmarks, written through the store (so the fold
+//! checks every transition): one build request per day, building raw/<day>, agg/<day> (reading
+//! the last seven raws) and report/<day> (reading agg/<day>), with manifests naming the runs.
+
+use databuild::events as ev;
+use databuild::proto::{
+    BuildRequestStatus as B, DepType, JobGraph, JobStatus as J, PartitionManifest,
+    PartitionStatus as P,
+};
+use databuild::store::Store;
+
+fn manifest(outputs: &[String], inputs: &[(String, String)]) -> PartitionManifest {
+    PartitionManifest {
+        outputs: outputs.iter().map(|o| ev::pref(o)).collect(),
+        inputs: inputs
+            .iter()
+            .map(|(r, run)| PartitionManifest {
+                outputs: vec![ev::pref(r)],
+                job_run_id: run.clone(),
+                dep_type: DepType::Materialize as i32,
+                ..PartitionManifest::default()
+            })
+            .collect(),
+        start_time: 1_700_000_000,
+        end_time: 1_700_000_001,
+        ..PartitionManifest::default()
+    }
+}
+
+/// Writes one day's request; returns the run that built each output.
+pub fn day(
+    store: &Store,
+    d: u64,
+    producers: &mut std::collections::HashMap<String, String>,
+) -> usize {
+    let req = store.new_id();
+    let report = format!("report/{d}");
+    let mut events = vec![ev::received(&req, std::slice::from_ref(&report), false, "")];
+    events.push(ev::partition(&req, &report, P::PartitionRequested, "", ""));
+    events.push(ev::request(&req, B::BuildRequestPlanning, ""));
+    let raw = format!("raw/{d}");
+    let agg = format!("agg/{d}");
+    for p in [&raw, &agg, &report] {
+        events.push(ev::partition(&req, p, P::PartitionAnalyzed, "", ""));
+    }
+    events.push(ev::job_graph(&req, JobGraph::default()));
+    events.push(ev::request(&req, B::BuildRequestAnalysisCompleted, ""));
+    events.push(ev::request(&req, B::BuildRequestExecuting, ""));
+    let window: Vec<(String, String)> = (d.saturating_sub(6)..=d)
+        .map(|k| format!("raw/{k}"))
+        .map(|r| {
+            let run = producers.get(&r).cloned().unwrap_or_default();
+            (r, run)
+        })
+        .collect();
+    // (job label, output, inputs as (ref, producing run))
+    type Job<'a> = (&'a str, String, Vec<(String, String)>);
+    let jobs: Vec<Job<'_>> = vec![
+        ("ingest", raw.clone(), vec![]),
+        ("aggregate", agg.clone(), window),
+        ("report", report.clone(), vec![(agg.clone(), String::new())]),
+    ];
+    for (label, out, inputs) in jobs {
+        let run = store.new_id();
+        let targets = vec![out.clone()];
+        let inputs: Vec<(String, String)> = inputs
+            .into_iter()
+            .map(|(r, p)| {
+                if p.is_empty() {
+                    (r.clone(), producers.get(&r).cloned().unwrap_or_default())
+                } else {
+                    (r, p)
+                }
+            })
+            .collect();
+        events.push(ev::job(&req, &run, label, &targets).event(J::JobScheduled));
+        events.push(ev::job(&req, &run, label, &targets).event(J::JobRunning));
+        events.push(ev::partition(&req, &out, P::PartitionBuilding, &run, ""));
+        let mut done = ev::job(&req, &run, label, &targets);
+        done.manifests = vec![manifest(&targets, &inputs)];
+        events.push(done.event(J::JobCompleted));
+        events.push(ev::partition(&req, &out, P::PartitionAvailable, &run, ""));
+        producers.insert(out, run);
+    }
+    events.push(ev::request(&req, B::BuildRequestCompleted, ""));
+    let n = events.len();
+    store.stage(events).expect("legal history");
+    n
+}
