@@ -63,18 +63,8 @@ fn main() {
         ..StoreOptions::default()
     };
     let (store, _) = Store::open(&log, opts()).unwrap();
-    let mut producers = std::collections::HashMap::new();
     let t = Instant::now();
-    let (mut events, mut days) = (0usize, 0u64);
-    while events < target {
-        events += history::day(&store, days, &mut producers);
-        days += 1;
-        if days % 256 == 0 {
-            store.flush().unwrap().map(|p| p.wait().unwrap());
-        }
-    }
-    store.flush().unwrap().map(|p| p.wait().unwrap());
-    drop(producers);
+    let (events, days) = history::generate(&store, target, 256);
     store.close().unwrap(); // writes a snapshot: more than 250k events follow none
     let bytes: u64 = std::fs::read_dir(&log)
         .unwrap()

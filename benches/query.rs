@@ -47,17 +47,8 @@ fn main() {
         ..StoreOptions::default()
     };
     let (store, _) = Store::open(&log, opts).unwrap();
-    let mut producers = std::collections::HashMap::new();
     let t = Instant::now();
-    let (mut events, mut days) = (0usize, 0u64);
-    while events < target {
-        events += history::day(&store, days, &mut producers);
-        days += 1;
-        if days % 64 == 0 {
-            store.flush().unwrap().map(|p| p.wait().unwrap());
-        }
-    }
-    store.flush().unwrap().map(|p| p.wait().unwrap());
+    let (events, days) = history::generate(&store, target, 64);
     let gen_s = t.elapsed().as_secs_f64();
     store.close().unwrap();
     println!(

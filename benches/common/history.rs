@@ -87,3 +87,19 @@ pub fn day(
     store.stage(events).expect("legal history");
     n
 }
+
+/// Writes days of history until at least `target` events are in the log (flushing every
+/// `flush_every` days); returns (events, days).
+pub fn generate(store: &Store, target: usize, flush_every: u64) -> (usize, u64) {
+    let mut producers = std::collections::HashMap::new();
+    let (mut events, mut days) = (0usize, 0u64);
+    while events < target {
+        events += day(store, days, &mut producers);
+        days += 1;
+        if days % flush_every == 0 {
+            store.flush().unwrap().map(|p| p.wait().unwrap());
+        }
+    }
+    store.flush().unwrap().map(|p| p.wait().unwrap());
+    (events, days)
+}
