@@ -251,11 +251,6 @@ pub fn tail_lines(bytes: &[u8], n: usize) -> Vec<String> {
     lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
 }
 
-/// The path of a config log's stderr file.
-pub fn stderr_path(log: &ConfigLog) -> PathBuf {
-    log.dir.join(format!("{}.stderr", log.stem))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

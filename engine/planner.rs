@@ -166,7 +166,6 @@ pub struct Planner<'g> {
     satisfied: BTreeSet<String>,
     nodes: Vec<Node>,
     producer: HashMap<String, usize>,
-    outstanding: usize,
 }
 
 impl<'g> Planner<'g> {
@@ -189,7 +188,6 @@ impl<'g> Planner<'g> {
             satisfied: BTreeSet::new(),
             nodes: Vec::new(),
             producer: HashMap::new(),
-            outstanding: 0,
         };
         for r in requested {
             if p.seen.insert(r.clone()) {
@@ -200,7 +198,7 @@ impl<'g> Planner<'g> {
     }
 
     /// The calls needed next: one group per owning job (chunked by argv size). AVAILABLE refs are
-    /// satisfied here without a call. Empty when planning is complete (or calls are outstanding).
+    /// satisfied here without a call. Empty when planning is complete.
     pub fn next_calls(&mut self, state: &dyn Catalog) -> Result<Vec<ConfigCall>, PlanError> {
         let mut by_job: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         while let Some((r, needed_by)) = self.queue.pop_front() {
@@ -218,15 +216,11 @@ impl<'g> Planner<'g> {
             };
             by_job.entry(job).or_default().push(r);
         }
-        let calls: Vec<ConfigCall> =
-            by_job.into_iter().flat_map(|(job, refs)| config::chunk(job, refs)).collect();
-        self.outstanding += calls.len();
-        Ok(calls)
+        Ok(by_job.into_iter().flat_map(|(job, refs)| config::chunk(job, refs)).collect())
     }
 
     /// Takes a (validated) answer to `call`: adds its tasks and queues their MATERIALIZE inputs.
     pub fn answer(&mut self, call: &ConfigCall, configs: Vec<JobConfig>) -> Result<(), PlanError> {
-        self.outstanding -= 1;
         let job = &self.graph.jobs[call.job].label;
         for c in configs {
             let n = node(job.clone(), c);
@@ -259,11 +253,6 @@ impl<'g> Planner<'g> {
             self.nodes.push(n);
         }
         Ok(())
-    }
-
-    /// Whether every needed call has been answered and nothing is queued.
-    pub fn is_done(&self) -> bool {
-        self.outstanding == 0 && self.queue.is_empty()
     }
 
     /// The plan, with tasks sorted topologically.
