@@ -137,6 +137,7 @@ pub fn plan_error(e: &PlanError) -> CliError {
             err.detail = c.stderr_tail.clone();
             err
         }
+        PlanError::Internal(why) => CliError::internal(why),
         other => CliError::bad_input(format!("{other}; fix the job configs")),
     }
 }

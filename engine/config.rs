@@ -213,8 +213,14 @@ pub async fn run(
         cmd.env("DATABUILD_BUILD_REQUEST_ID", id);
     }
     let mut child = cmd.spawn().map_err(|e| fail(ConfigErrorKind::Spawn(e), b""))?;
-    let mut stdout = child.stdout.take().expect("piped").take(CONFIG_STDOUT_BYTES_MAX as u64 + 1);
-    let mut stderr = child.stderr.take().expect("piped").take(64 << 20);
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(fail(
+            ConfigErrorKind::Spawn(std::io::Error::other("no stdout/stderr pipes")),
+            b"",
+        ));
+    };
+    let mut stdout = stdout.take(CONFIG_STDOUT_BYTES_MAX as u64 + 1);
+    let mut stderr = stderr.take(64 << 20);
     let mut out = Vec::new();
     let mut err = Vec::new();
     let (r1, r2, status) =

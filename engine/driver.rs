@@ -1115,7 +1115,7 @@ impl Driver {
         // Unreleased shims are let go; running groups get SIGTERM, then SIGKILL after the grace.
         let runs: Vec<String> = self.live.keys().cloned().collect();
         for run in runs {
-            let l = self.live.get_mut(&run).expect("listed above");
+            let Some(l) = self.live.get_mut(&run) else { continue };
             l.stopping = true;
             l.ready = None;
             if l.released.is_some() {

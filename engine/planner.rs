@@ -48,6 +48,9 @@ pub enum PlanError {
     /// MATERIALIZE edges form a cycle.
     #[error("dependency cycle: {0}")]
     Cycle(String),
+    /// A bug in the planner's driver (a task failed to report).
+    #[error("internal error while planning: {0}")]
+    Internal(String),
 }
 
 /// One task of a plan.
@@ -326,7 +329,8 @@ fn finish(
     let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
     let mut sorted: Vec<Node> = Vec::with_capacity(order.len());
     for &i in &order {
-        let mut n = slots[i].take().expect("each node once");
+        // Kahn's algorithm emits each node exactly once.
+        let Some(mut n) = slots[i].take() else { continue };
         n.deps = deps[i].iter().map(|&d| position[d]).collect();
         sorted.push(n);
     }
@@ -396,14 +400,19 @@ pub async fn plan(
         let mut answers: Vec<Option<Result<Vec<JobConfig>, ConfigError>>> =
             (0..calls.len()).map(|_| None).collect();
         while let Some(done) = set.join_next().await {
-            let (i, r) = done.expect("config task panicked");
-            answers[i] = Some(r);
+            match done {
+                Ok((i, r)) => answers[i] = Some(r),
+                Err(e) => {
+                    return Err(PlanError::Internal(format!("a config call's task failed: {e}")));
+                }
+            }
         }
         // Answers are applied in call order, so a plan does not depend on which call ended first.
         for (call, answer) in calls.iter().zip(answers) {
-            let configs =
-                answer.expect("every call answered").map_err(|e| PlanError::Config(Box::new(e)))?;
-            planner.answer(call, configs)?;
+            let Some(answer) = answer else {
+                return Err(PlanError::Internal("a config call was not answered".into()));
+            };
+            planner.answer(call, answer.map_err(|e| PlanError::Config(Box::new(e)))?)?;
         }
     }
     planner.finish()

@@ -458,7 +458,9 @@ impl State {
                 return Err(bad(format!("COMPLETED but requested partition {p} is not AVAILABLE")));
             }
         }
-        let r = self.requests.get_mut(req).expect("checked above");
+        let Some(r) = self.requests.get_mut(req) else {
+            return Err(bad("unknown build request".into()));
+        };
         r.status = to;
         r.history.push((to, seq));
         if !e.message.is_empty() {
@@ -712,10 +714,11 @@ impl State {
                 inputs: Vec::new(),
             };
             self.runs.insert(id_sym.clone(), run);
-            let r = self.requests.get_mut(req).expect("checked above");
-            r.runs.push(id_sym);
-            if to == J::JobScheduled {
-                r.live_runs += 1;
+            if let Some(r) = self.requests.get_mut(req) {
+                r.runs.push(id_sym);
+                if to == J::JobScheduled {
+                    r.live_runs += 1;
+                }
             }
             return Ok(());
         };
@@ -757,7 +760,7 @@ impl State {
                 return Err(bad("COMPLETED manifest outputs differ from the run's targets".into()));
             }
         }
-        let run = self.runs.get_mut(id).expect("checked above");
+        let Some(run) = self.runs.get_mut(id) else { return Err(bad("unknown job run".into())) };
         run.status = to;
         if !e.message.is_empty() {
             run.message = e.message.clone();
@@ -802,11 +805,11 @@ impl State {
             read.sort_unstable();
             read.dedup();
         }
-        if to == J::JobCancelled {
-            self.requests.get_mut(req).expect("checked above").cancelling = true;
-        }
-        if !matches!(to, J::JobRunning) {
-            self.requests.get_mut(req).expect("checked above").live_runs -= 1;
+        if let Some(r) = self.requests.get_mut(req) {
+            r.cancelling |= to == J::JobCancelled;
+            if !matches!(to, J::JobRunning) {
+                r.live_runs = r.live_runs.saturating_sub(1);
+            }
         }
         if !read.is_empty() {
             let id_sym = self.interner.get(id);

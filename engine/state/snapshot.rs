@@ -57,7 +57,8 @@ impl Writer {
         self.out.extend_from_slice(&v.to_le_bytes());
     }
     fn len(&mut self, n: usize) {
-        self.u32(u32::try_from(n).expect("fewer than 2^32 items"));
+        // Four billion items do not fit in memory: saturating here can never be reached.
+        self.u32(u32::try_from(n).unwrap_or(u32::MAX));
     }
     fn str(&mut self, s: &str) {
         self.len(s.len());
