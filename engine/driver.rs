@@ -280,6 +280,13 @@ impl std::fmt::Debug for Driver {
     }
 }
 
+/// This host's name and boot id, read once per process (they do not change while it runs).
+fn this_machine() -> (&'static str, &'static str) {
+    static MACHINE: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    let (h, b) = MACHINE.get_or_init(|| (databuild_log::fs::host_name(), sys::boot_id()));
+    (h, b)
+}
+
 fn unix_secs(t: SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
@@ -611,11 +618,12 @@ impl Driver {
         };
         match self.spawn(&req, &run, &job, &node.config, &node.outputs) {
             Ok((pgid, pid, ready, spawn_error, child)) => {
+                let (host, boot_id) = this_machine();
                 let process = ProcessInfo {
                     pid,
                     pgid,
-                    host: databuild_log::fs::host_name(),
-                    boot_id: sys::boot_id(),
+                    host: host.to_string(),
+                    boot_id: boot_id.to_string(),
                     start_time_ticks: sys::start_ticks(pid).unwrap_or(0),
                 };
                 let mut events = Vec::with_capacity(1 + node.outputs.len());
