@@ -92,8 +92,13 @@ impl Observer for Progress {
             Note::Planned { tasks, skipped, .. } => {
                 c.total = tasks;
                 c.skipped = skipped;
+                let plural = |n: usize, one: &str, many: &str| {
+                    format!("{n} {}", if n == 1 { one } else { many })
+                };
                 self.line(format!(
-                    "planned {tasks} jobs to run, {skipped} partitions already available"
+                    "planned {} to run, {} already available",
+                    plural(tasks, "job", "jobs"),
+                    plural(skipped, "partition", "partitions")
                 ));
             }
             Note::Started { job, run, outputs: o, attempt } => {
