@@ -74,10 +74,27 @@ pub async fn build(
     accepted.extend(
         refs.iter().map(|r| ev::partition(&req, r, PartitionStatus::PartitionRequested, "", "")),
     );
-    // Recorded before planning, but not waited for: `config` calls have no side effects, and
-    // every later commit is durable only after this one (seqs are durable in order).
     accepted.push(ev::request(&req, BuildRequestStatus::BuildRequestPlanning, ""));
-    drop(store.submit(accepted)?);
+    // When every ref is already AVAILABLE (and not forced) the planner calls no job, so the
+    // acceptance joins the plan commit: one frame, one fsync for a no-op build. Otherwise it is
+    // submitted before planning, so other readers see the request PLANNING while `config` runs,
+    // but not waited for: `config` calls have no side effects, and every later commit is
+    // durable only after this one (seqs are durable in order).
+    let all_available = !spec.force && {
+        let state = store.state();
+        refs.iter().all(|r| {
+            state
+                .catalog
+                .get(r.as_str())
+                .and_then(|c| c.shown())
+                .is_some_and(|f| f.status == PartitionStatus::PartitionAvailable)
+        })
+    };
+    if all_available {
+        store.stage(accepted)?;
+    } else {
+        drop(store.submit(accepted)?);
+    }
 
     let config_logs = settings.logs_dir.join(&req).join("config");
     let planned = planner::plan(
