@@ -283,6 +283,8 @@ pub fn mermaid_label(s: &str) -> String {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     #[test]
     fn globs_match_like_the_contract_says() {
         assert!(glob_match("daily/*", "daily/2025-01-01/red"));
@@ -295,16 +297,17 @@ mod tests {
     }
 
     #[test]
-    fn seq_or_time() {
-        assert_eq!(parse_until("--at", "12").unwrap(), Until::Seq(12));
+    fn seq_or_time() -> TestResult {
+        assert_eq!(parse_until("--at", "12").map_err(|e| format!("{e:?}"))?, Until::Seq(12));
         assert_eq!(
-            parse_until("--at", "1970-01-01T00:00:01Z").unwrap(),
+            parse_until("--at", "1970-01-01T00:00:01Z").map_err(|e| format!("{e:?}"))?,
             Until::Time(1_000_000_000)
         );
         assert_eq!(
-            parse_until("--at", "1970-01-01T01:00:01+01:00").unwrap(),
+            parse_until("--at", "1970-01-01T01:00:01+01:00").map_err(|e| format!("{e:?}"))?,
             Until::Time(1_000_000_000)
         );
         assert!(parse_until("--at", "yesterday").is_err());
+        Ok(())
     }
 }

@@ -261,15 +261,18 @@ pub fn tail_lines(bytes: &[u8], n: usize) -> Vec<String> {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     #[test]
-    fn the_contract_example_parses_in_both_spellings() {
+    fn the_contract_example_parses_in_both_spellings() -> TestResult {
         let camel = br#"{"configs":[{"outputs":[{"str":"daily_votes/2025-01-01"}],"inputs":[{"depType":"MATERIALIZE","partitionRef":{"str":"daily_color_votes/2025-01-01/red"}}],"args":["2025-01-01"],"env":{"K":"V"}}]}"#;
         let snake = br#"{"configs":[{"outputs":[{"str":"daily_votes/2025-01-01"}],"inputs":[{"dep_type":1,"partition_ref":{"str":"daily_color_votes/2025-01-01/red"}}],"args":["2025-01-01"],"env":{"K":"V"}}]}"#;
-        let a = parse_response(camel).unwrap();
-        let b = parse_response(snake).unwrap();
+        let a = parse_response(camel)?;
+        let b = parse_response(snake)?;
         assert_eq!(a, b);
         assert_eq!(a.configs[0].inputs[0].dep_type, DepType::Materialize as i32);
         assert_eq!(a.configs[0].env["K"], "V");
+        Ok(())
     }
 
     #[test]

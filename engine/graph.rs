@@ -348,13 +348,15 @@ fn check_entrypoint(path: &Path, text: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn dir_with_job() -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn dir_with_job() -> std::io::Result<tempfile::TempDir> {
+        let d = tempfile::tempdir()?;
         let job = d.path().join("job.sh");
-        std::fs::write(&job, "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(d.path().join("plain.sh"), "#!/bin/sh\n").unwrap();
-        d
+        std::fs::write(&job, "#!/bin/sh\n")?;
+        std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::write(d.path().join("plain.sh"), "#!/bin/sh\n")?;
+        Ok(d)
     }
 
     fn parse(d: &tempfile::TempDir, text: &str) -> Result<Graph, GraphError> {
@@ -362,8 +364,8 @@ mod tests {
     }
 
     #[test]
-    fn lookup_matches_whole_refs_and_names_every_owner_on_a_conflict() {
-        let d = dir_with_job();
+    fn lookup_matches_whole_refs_and_names_every_owner_on_a_conflict() -> TestResult {
+        let d = dir_with_job()?;
         let g = parse(
             &d,
             r#"
@@ -376,8 +378,7 @@ label = "b"
 entrypoint = "job.sh"
 partition_patterns = ['data/1\d*']
 "#,
-        )
-        .unwrap();
+        )?;
         assert_eq!(g.owner("data/2"), Ok(0));
         assert_eq!(g.owner("other/x"), Ok(0));
         assert!(
@@ -393,13 +394,18 @@ partition_patterns = ['data/1\d*']
         assert!(matches!(g.owner(""), Err(LookupError::Invalid(..))));
         assert_eq!(
             g.label,
-            d.path().canonicalize().unwrap().file_name().unwrap().to_string_lossy()
+            d.path()
+                .canonicalize()?
+                .file_name()
+                .ok_or("the temporary directory has no file name")?
+                .to_string_lossy()
         );
+        Ok(())
     }
 
     #[test]
-    fn bad_graph_files_name_the_file_the_job_and_the_key() {
-        let d = dir_with_job();
+    fn bad_graph_files_name_the_file_the_job_and_the_key() -> TestResult {
+        let d = dir_with_job()?;
         let cases: &[(&str, &str)] = &[
             (
                 "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['x']\ncolor='red'\n",
@@ -443,15 +449,17 @@ partition_patterns = ['data/1\d*']
             assert!(e.contains(GRAPH_FILE), "{e}");
             assert!(!e.contains('\n'), "one line: {e:?}");
         }
+        Ok(())
     }
 
     #[test]
-    fn the_graph_file_is_found_in_a_parent_directory() {
-        let d = dir_with_job();
-        std::fs::write(d.path().join(GRAPH_FILE), "").unwrap();
+    fn the_graph_file_is_found_in_a_parent_directory() -> TestResult {
+        let d = dir_with_job()?;
+        std::fs::write(d.path().join(GRAPH_FILE), "")?;
         let sub = d.path().join("a/b");
-        std::fs::create_dir_all(&sub).unwrap();
-        assert_eq!(find(None, &sub).unwrap(), d.path().join(GRAPH_FILE));
+        std::fs::create_dir_all(&sub)?;
+        assert_eq!(find(None, &sub)?, d.path().join(GRAPH_FILE));
         assert!(matches!(find(None, Path::new("/")), Err(GraphError::NotFound { .. })));
+        Ok(())
     }
 }

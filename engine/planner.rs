@@ -423,12 +423,14 @@ mod tests {
     use super::*;
     use crate::proto::{DataDep, JobConfig};
 
-    fn graph() -> (tempfile::TempDir, Graph) {
-        let d = tempfile::tempdir().unwrap();
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn graph() -> Result<(tempfile::TempDir, Graph), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
         let job = d.path().join("job.sh");
-        std::fs::write(&job, "#!/bin/sh\n").unwrap();
+        std::fs::write(&job, "#!/bin/sh\n")?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755))?;
         let text = r#"
 [[jobs]]
 label = "raw"
@@ -439,8 +441,8 @@ label = "sum"
 entrypoint = "job.sh"
 partition_patterns = ['sum/\d+', 'side/\d+']
 "#;
-        let g = Graph::parse(&d.path().join("databuild.toml"), text).unwrap();
-        (d, g)
+        let g = Graph::parse(&d.path().join("databuild.toml"), text)?;
+        Ok((d, g))
     }
 
     fn cfg(outputs: &[&str], mat: &[&str], query: &[&str]) -> JobConfig {
@@ -461,7 +463,12 @@ partition_patterns = ['sum/\d+', 'side/\d+']
 
     /// Answers every call with a fake config: sum/N reads raw/N and raw/N-1 (MATERIALIZE) and
     /// raw/999 (QUERY); raw/N has no inputs.
-    fn drive(g: &Graph, state: &State, requested: &[&str], force: bool) -> Result<Plan, PlanError> {
+    fn drive(
+        g: &Graph,
+        state: &State,
+        requested: &[&str],
+        force: bool,
+    ) -> Result<Plan, Box<dyn std::error::Error>> {
         let req: Vec<String> = requested.iter().map(|s| s.to_string()).collect();
         let mut p = Planner::new(g, &req, force)?;
         loop {
@@ -473,27 +480,29 @@ partition_patterns = ['sum/\d+', 'side/\d+']
                 let configs = c
                     .refs
                     .iter()
-                    .map(|r| {
-                        let n: u32 = r.rsplit('/').next().unwrap().parse().unwrap();
-                        if r.starts_with("sum/") {
+                    .map(|r| -> Result<JobConfig, Box<dyn std::error::Error>> {
+                        let n: u32 =
+                            r.rsplit('/').next().ok_or("a ref with no last segment")?.parse()?;
+                        Ok(if r.starts_with("sum/") {
                             let a = format!("raw/{n}");
                             let b = format!("raw/{}", n.saturating_sub(1));
                             cfg(&[r], &[&a, &b], &["raw/999"])
                         } else {
                             cfg(&[r], &[], &[])
-                        }
+                        })
                     })
-                    .collect();
+                    .collect::<Result<_, _>>()?;
                 p.answer(&c, configs)?;
             }
         }
-        p.finish()
+        Ok(p.finish()?)
     }
 
     #[test]
-    fn expansion_reaches_a_fixpoint_with_dependencies_first_and_query_inputs_unplanned() {
-        let (_d, g) = graph();
-        let plan = drive(&g, &State::new(), &["sum/2", "sum/3"], false).unwrap();
+    fn expansion_reaches_a_fixpoint_with_dependencies_first_and_query_inputs_unplanned()
+    -> TestResult {
+        let (_d, g) = graph()?;
+        let plan = drive(&g, &State::new(), &["sum/2", "sum/3"], false)?;
         let outs: Vec<&str> = plan.nodes.iter().map(|n| n.outputs[0].as_str()).collect();
         assert_eq!(outs.len(), 5, "sum/2, sum/3, raw/1..3 each once: {outs:?}");
         for (i, n) in plan.nodes.iter().enumerate() {
@@ -501,59 +510,63 @@ partition_patterns = ['sum/\d+', 'side/\d+']
         }
         assert!(!outs.contains(&"raw/999"), "QUERY inputs are never planned");
         assert_eq!(plan.job_graph().outputs.len(), 2);
+        Ok(())
     }
 
     #[test]
-    fn a_cycle_is_named() {
-        let (_d, g) = graph();
-        let mut p = Planner::new(&g, &["sum/1".to_string()], false).unwrap();
-        let calls = p.next_calls(&State::new()).unwrap();
-        p.answer(&calls[0], vec![cfg(&["sum/1"], &["side/1"], &[])]).unwrap();
-        let calls = p.next_calls(&State::new()).unwrap();
-        p.answer(&calls[0], vec![cfg(&["side/1"], &["sum/1"], &[])]).unwrap();
-        assert!(p.next_calls(&State::new()).unwrap().is_empty());
+    fn a_cycle_is_named() -> TestResult {
+        let (_d, g) = graph()?;
+        let mut p = Planner::new(&g, &["sum/1".to_string()], false)?;
+        let calls = p.next_calls(&State::new())?;
+        p.answer(&calls[0], vec![cfg(&["sum/1"], &["side/1"], &[])])?;
+        let calls = p.next_calls(&State::new())?;
+        p.answer(&calls[0], vec![cfg(&["side/1"], &["sum/1"], &[])])?;
+        assert!(p.next_calls(&State::new())?.is_empty());
         let e = p.finish().unwrap_err().to_string();
         assert!(e.contains("cycle") && e.contains("sum/1") && e.contains("side/1"), "{e}");
+        Ok(())
     }
 
     #[test]
-    fn unknown_refs_fail_before_any_call_and_unowned_materialize_inputs_fail() {
-        let (_d, g) = graph();
+    fn unknown_refs_fail_before_any_call_and_unowned_materialize_inputs_fail() -> TestResult {
+        let (_d, g) = graph()?;
         assert!(matches!(
             Planner::new(&g, &["nope/1".to_string()], false),
             Err(PlanError::Lookup(_))
         ));
-        let mut p = Planner::new(&g, &["sum/1".to_string()], false).unwrap();
-        let calls = p.next_calls(&State::new()).unwrap();
-        p.answer(&calls[0], vec![cfg(&["sum/1"], &["external/1"], &["also/external"])]).unwrap();
+        let mut p = Planner::new(&g, &["sum/1".to_string()], false)?;
+        let calls = p.next_calls(&State::new())?;
+        p.answer(&calls[0], vec![cfg(&["sum/1"], &["external/1"], &["also/external"])])?;
         let e = p.next_calls(&State::new()).unwrap_err().to_string();
         assert!(e.contains("external/1") && e.contains("MATERIALIZE"), "{e}");
+        Ok(())
     }
 
     #[test]
-    fn two_different_configs_for_one_ref_are_refused_and_identical_ones_merge() {
-        let (_d, g) = graph();
-        let mut p = Planner::new(&g, &["sum/1".to_string(), "sum/2".to_string()], false).unwrap();
-        let calls = p.next_calls(&State::new()).unwrap();
+    fn two_different_configs_for_one_ref_are_refused_and_identical_ones_merge() -> TestResult {
+        let (_d, g) = graph()?;
+        let mut p = Planner::new(&g, &["sum/1".to_string(), "sum/2".to_string()], false)?;
+        let calls = p.next_calls(&State::new())?;
         p.answer(
             &calls[0],
             vec![cfg(&["sum/1", "side/1"], &[], &[]), cfg(&["sum/1", "side/1"], &[], &[])],
-        )
-        .unwrap();
-        let mut p2 = Planner::new(&g, &["sum/1".to_string()], false).unwrap();
-        let calls = p2.next_calls(&State::new()).unwrap();
+        )?;
+        let mut p2 = Planner::new(&g, &["sum/1".to_string()], false)?;
+        let calls = p2.next_calls(&State::new())?;
         let e =
             p2.answer(&calls[0], vec![cfg(&["sum/1"], &[], &[]), cfg(&["sum/1"], &["raw/1"], &[])]);
         assert!(matches!(e, Err(PlanError::Overlap { .. })));
         let _ = p;
+        Ok(())
     }
 
     #[test]
-    fn from_a_recorded_job_graph_the_plan_is_the_same() {
-        let (_d, g) = graph();
-        let plan = drive(&g, &State::new(), &["sum/2"], false).unwrap();
-        let again = Plan::from_job_graph(&plan.job_graph()).unwrap();
+    fn from_a_recorded_job_graph_the_plan_is_the_same() -> TestResult {
+        let (_d, g) = graph()?;
+        let plan = drive(&g, &State::new(), &["sum/2"], false)?;
+        let again = Plan::from_job_graph(&plan.job_graph())?;
         assert_eq!(again.nodes, plan.nodes);
         assert_eq!(again.requested, plan.requested);
+        Ok(())
     }
 }

@@ -7,6 +7,8 @@ use crate::proto::{
     BuildRequestStatus as B, JobGraph, JobStatus as J, PartitionManifest, PartitionStatus as P,
 };
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 struct Log {
     state: State,
 }
@@ -408,13 +410,15 @@ fn delegated_must_follow_its_delegation_event() {
 }
 
 #[test]
-fn the_catalog_rule_keeps_an_older_available_over_later_skips_and_upstream_failures() {
+fn the_catalog_rule_keeps_an_older_available_over_later_skips_and_upstream_failures() -> TestResult
+{
     // Request 1 builds "out".
     let mut l = request_in(B::BuildRequestExecuting);
     run_to_completion(&mut l, "run-1", &refs(&["out"]));
     l.ok(ev::request(R, B::BuildRequestCompleted, ""));
     assert!(l.state.is_available("out"));
-    let avail_seq = l.state.catalog["out"].shown().unwrap().seq;
+    let avail_seq =
+        l.state.catalog["out"].shown().ok_or("no fact decides the status of 'out'")?.seq;
     // Request 2 skips it (REQUESTED, then DELEGATED), and marks it FAILED without a run.
     let r2 = "req-2";
     l.ok(ev::received(r2, &refs(&["out"]), false, ""));
@@ -422,7 +426,10 @@ fn the_catalog_rule_keeps_an_older_available_over_later_skips_and_upstream_failu
     l.ok(ev::delegation(r2, "out", R, ""));
     l.ok(ev::partition(r2, "out", P::PartitionDelegated, "", ""));
     assert_eq!(l.state.partition_status("out"), P::PartitionAvailable);
-    assert_eq!(l.state.catalog["out"].shown().unwrap().seq, avail_seq);
+    assert_eq!(
+        l.state.catalog["out"].shown().ok_or("no fact decides the status of 'out'")?.seq,
+        avail_seq
+    );
     let r3 = "req-3";
     l.ok(ev::received(r3, &refs(&["out"]), false, ""));
     l.ok(ev::partition(r3, "out", P::PartitionRequested, "", ""));
@@ -432,6 +439,7 @@ fn the_catalog_rule_keeps_an_older_available_over_later_skips_and_upstream_failu
         P::PartitionAvailable,
         "an upstream failure never hides it"
     );
+    Ok(())
 }
 
 #[test]

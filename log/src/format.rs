@@ -533,6 +533,8 @@ impl TailHint {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     const ID: LogId = LogId([7; 16]);
 
     #[test]
@@ -557,7 +559,7 @@ mod tests {
     }
 
     #[test]
-    fn frame_round_trips_and_is_aligned() {
+    fn frame_round_trips_and_is_aligned() -> TestResult {
         let mut body = Vec::new();
         push_record(&mut body, b"hello");
         push_record(&mut body, b"");
@@ -565,15 +567,18 @@ mod tests {
         let mut seg = vec![0u8; 8];
         encode_frame(&mut seg, &ID, 5, 3, 5, &body);
         assert_eq!(seg.len() % FRAME_ALIGN, 0);
-        let h = check_frame(&seg, 8, &ID, 5).unwrap();
+        let h = check_frame(&seg, 8, &ID, 5).map_err(|e| format!("{e:?}"))?;
         assert_eq!((h.first_seq, h.count, h.len as usize), (5, 3, body.len()));
         let b = &seg[8 + FRAME_HEADER_BYTES..][..h.len as usize];
-        let recs: Vec<_> = Records::new(b, h.count).collect::<Result<_, _>>().unwrap();
+        let recs: Vec<_> = Records::new(b, h.count)
+            .collect::<Result<_, _>>()
+            .map_err(|()| "a record is badly framed")?;
         assert_eq!(recs, vec![&b"hello"[..], &b""[..], &[9u8; 300][..]]);
+        Ok(())
     }
 
     #[test]
-    fn frame_checks_reject_each_kind_of_damage() {
+    fn frame_checks_reject_each_kind_of_damage() -> TestResult {
         let mut body = Vec::new();
         push_record(&mut body, b"abc");
         let mut seg = Vec::new();
@@ -584,7 +589,7 @@ mod tests {
         flipped[FRAME_HEADER_BYTES] ^= 0x10;
         assert_eq!(check_frame(&flipped, 0, &ID, 1), Err(FrameProblem::Checksum));
         let mut pad = seg.clone();
-        *pad.last_mut().unwrap() = 1;
+        *pad.last_mut().ok_or("the encoded frame is empty")? = 1;
         assert_eq!(check_frame(&pad, 0, &ID, 1), Err(FrameProblem::Padding));
         assert_eq!(check_frame(&seg[..seg.len() - 8], 0, &ID, 1), Err(FrameProblem::LengthPastEnd));
         assert_eq!(check_frame(&[0u8; 40], 0, &ID, 1), Err(FrameProblem::ZeroHeader));
@@ -592,6 +597,7 @@ mod tests {
         let mut huge = seg.clone();
         huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(check_frame(&huge, 0, &ID, 1), Err(FrameProblem::BadHeader));
+        Ok(())
     }
 
     #[test]

@@ -539,39 +539,40 @@ impl Fs for SimFs {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     #[test]
-    fn unsynced_writes_and_entries_vanish_in_a_synced_only_image() {
+    fn unsynced_writes_and_entries_vanish_in_a_synced_only_image() -> TestResult {
         let fs = SimFs::new();
         let dir = Path::new("/d");
-        fs.create_dir_all(dir).unwrap();
-        let f = fs.open_write(&dir.join("a"), Create::New).unwrap();
-        f.write_at(b"hello", 0).unwrap();
-        f.sync_data().unwrap();
+        fs.create_dir_all(dir)?;
+        let f = fs.open_write(&dir.join("a"), Create::New)?;
+        f.write_at(b"hello", 0)?;
+        f.sync_data()?;
         // The entry is not durable yet: no directory fsync.
-        assert!(
-            !fs.crash_image(fs.op_count(), CrashMode::SyncedOnly).exists(&dir.join("a")).unwrap()
-        );
-        fs.sync_dir(dir).unwrap();
-        f.write_at(b" world", 5).unwrap();
+        assert!(!fs.crash_image(fs.op_count(), CrashMode::SyncedOnly).exists(&dir.join("a"))?);
+        fs.sync_dir(dir)?;
+        f.write_at(b" world", 5)?;
         let img = fs.crash_image(fs.op_count(), CrashMode::SyncedOnly);
-        assert_eq!(img.contents(&dir.join("a")).unwrap(), b"hello");
+        assert_eq!(img.contents(&dir.join("a")).ok_or("/d/a is not in the image")?, b"hello");
         let all = fs.crash_image(fs.op_count(), CrashMode::Everything);
-        assert_eq!(all.contents(&dir.join("a")).unwrap(), b"hello world");
+        assert_eq!(all.contents(&dir.join("a")).ok_or("/d/a is not in the image")?, b"hello world");
+        Ok(())
     }
 
     #[test]
-    fn random_images_only_mix_old_new_and_zero_sectors() {
+    fn random_images_only_mix_old_new_and_zero_sectors() -> TestResult {
         let fs = SimFs::new();
         let dir = Path::new("/d");
-        fs.create_dir_all(dir).unwrap();
-        let f = fs.open_write(&dir.join("a"), Create::New).unwrap();
-        f.write_at(&[1u8; 2048], 0).unwrap();
-        f.sync_data().unwrap();
-        fs.sync_dir(dir).unwrap();
-        f.write_at(&[2u8; 2048], 0).unwrap();
+        fs.create_dir_all(dir)?;
+        let f = fs.open_write(&dir.join("a"), Create::New)?;
+        f.write_at(&[1u8; 2048], 0)?;
+        f.sync_data()?;
+        fs.sync_dir(dir)?;
+        f.write_at(&[2u8; 2048], 0)?;
         for seed in 1..50 {
             let img = fs.crash_image(fs.op_count(), CrashMode::Random(seed));
-            let c = img.contents(&dir.join("a")).unwrap();
+            let c = img.contents(&dir.join("a")).ok_or("/d/a is not in the image")?;
             assert_eq!(c.len(), 2048);
             for sector in c.chunks(SECTOR_BYTES) {
                 let first = sector[0];
@@ -579,16 +580,18 @@ mod tests {
                 assert!(sector.iter().all(|&b| b == first), "a sector is never mixed");
             }
         }
+        Ok(())
     }
 
     #[test]
-    fn faults_fire_once() {
+    fn faults_fire_once() -> TestResult {
         let fs = SimFs::new();
-        fs.create_dir_all(Path::new("/d")).unwrap();
-        let f = fs.open_write(Path::new("/d/a"), Create::New).unwrap();
+        fs.create_dir_all(Path::new("/d"))?;
+        let f = fs.open_write(Path::new("/d/a"), Create::New)?;
         fs.fail_nth(FaultOp::SyncData, 1);
         assert!(f.sync_data().is_ok());
         assert!(f.sync_data().is_err());
         assert!(f.sync_data().is_ok());
+        Ok(())
     }
 }
