@@ -32,14 +32,18 @@ impl Ctx {
             Ok(p) => (Some(p), None),
             Err(e) => (None, Some(e.to_string())),
         };
+        // Directories are made absolute: jobs run in the graph's directory, and the job shim
+        // opens its stdin and output files there from paths this process hands it.
         let graph_dir = graph_path.as_ref().map(|p| {
-            p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
+            p.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| cwd.clone(), |d| cwd.join(d))
         });
         let log_dir = match (&g.log, &graph_dir) {
             (Some(l), _) if l.as_os_str().is_empty() => {
                 return Err(CliError::bad_input("--log is empty; give a directory"));
             }
-            (Some(l), _) => l.clone(),
+            (Some(l), _) => cwd.join(l),
             (None, Some(d)) => d.join(".databuild").join("log"),
             (None, None) => {
                 return Err(CliError::bad_input(graph_error.clone().unwrap_or_default()));

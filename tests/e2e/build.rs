@@ -42,6 +42,38 @@ fn the_color_votes_example_builds_a_report() {
 }
 
 #[test]
+fn relative_graph_and_log_paths_from_another_directory_work() {
+    // The README's first command: `--graph examples/.../databuild.toml` from elsewhere. Jobs run
+    // in the graph's directory, so nothing handed to them may be relative to ours.
+    let e = Env::generic(&[("raw", r"raw/\d+"), ("sum", r"sum/\d+")]);
+    e.dep("sum/1", "MATERIALIZE", "raw/1");
+    std::fs::create_dir_all(e.path().join("elsewhere")).unwrap();
+    let from_elsewhere = |args: &[&str]| {
+        let mut c = e.command(args);
+        c.current_dir(e.path().join("elsewhere"));
+        finish(c.spawn().unwrap(), DEADLINE)
+    };
+    from_elsewhere(&["--graph", "../databuild.toml", "build", "sum/1"]).ok();
+    assert_eq!(e.ledger().len(), 2, "both jobs ran");
+    let jobs = from_elsewhere(&["--graph", "../databuild.toml", "jobs", "--format", "json"]);
+    let jobs = jobs.ok().json_lines();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(jobs.iter().all(|j| j["completed"] == 1 && j["failed"] == 0), "{jobs:?}");
+    // The log and the job output landed next to the graph file, not in the current directory.
+    assert!(e.exists(".databuild/log"));
+    assert!(!e.exists("elsewhere/.databuild"));
+    // An explicit relative --log too.
+    let log_args = ["--graph", "../databuild.toml", "--log", "other-log"];
+    let build = [&log_args[..], &["build", "sum/2"]].concat();
+    e.dep("sum/2", "MATERIALIZE", "raw/2");
+    from_elsewhere(&build).ok();
+    assert!(e.exists("elsewhere/other-log"));
+    assert_eq!(e.ledger().len(), 4);
+    let status = [&log_args[..], &["status", "sum/2"]].concat();
+    assert!(from_elsewhere(&status).ok().stdout.contains("AVAILABLE"));
+}
+
+#[test]
 fn a_second_build_skips_everything_with_delegations_and_job_skipped() {
     let e = Env::generic(&[("raw", r"raw/\d+"), ("sum", r"sum/\d+")]);
     e.dep("sum/1", "MATERIALIZE", "raw/1");
