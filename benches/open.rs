@@ -52,8 +52,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if smoke { 30_000 } else { 10_000_000 });
+    // BENCH_DIR=path keeps the fixture there (for profiling a command against it afterwards).
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let log = dir.path().join("log");
+    let root = std::env::var_os("BENCH_DIR").map_or_else(|| dir.path().to_path_buf(), Into::into);
+    let log = root.join("log");
     let opts = || StoreOptions {
         writer: WriterOptions {
             durability: Durability::None,
@@ -89,7 +91,7 @@ fn main() {
         "with a snapshot:    status REF {with:.3} s (median of 3, fresh process, peak RSS {} MiB); writer open {open_with:.3} s (target < 1 s)",
         rss_with / 1024
     );
-    let aside = dir.path().join("snapshots-aside");
+    let aside = root.join("snapshots-aside");
     std::fs::rename(log.join(snapshots::DIR), &aside).unwrap();
     // Readers would write a snapshot after folding this much: keep them from doing so here.
     let (without, rss_without) = median3(|| {

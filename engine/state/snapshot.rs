@@ -8,9 +8,11 @@
 //! `store::snapshots`. File: `snapshots/<seq:020>.snap` in the log directory:
 //! `magic "DBSNAP\0\x1a" | fold_version u32 | log_id [16] | seq u64 | body_len u64 | body | crc u32`
 //! (little-endian; the CRC covers everything before it). The body starts with a string table
-//! (every distinct id and ref once), then every projection with strings as table indexes, so
-//! loading makes one allocation per distinct string. Lengths and counts are checked against the
-//! bytes that remain before anything is allocated.
+//! (every distinct id and ref once), then the byte length of each of six sections (requests,
+//! runs, keys, catalog, readers, the rest), then the sections: every projection with strings as
+//! table indexes, so loading makes one allocation per distinct string, and the sections decode
+//! on two threads. Lengths and counts are checked against the bytes that remain before anything
+//! is allocated.
 
 use rustc_hash::FxHashMap;
 
@@ -18,10 +20,13 @@ use super::*;
 
 /// Bumped with every change to what the fold computes or to this encoding: older snapshots are
 /// then ignored (and rebuilt), never misread.
-pub const FOLD_VERSION: u32 = 1;
+pub const FOLD_VERSION: u32 = 2;
 /// Magic bytes of a snapshot file.
 pub const MAGIC: [u8; 8] = *b"DBSNAP\x00\x1a";
 const HEADER: usize = 8 + 4 + 16 + 8 + 8;
+/// Sections of the body after the string table: requests, runs, keys, catalog, readers, and the
+/// rest (engine records, last seq and timestamp, last delegation).
+const SECTIONS: usize = 6;
 
 /// Why a snapshot was not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,6 +118,8 @@ fn sorted<V>(m: &FxHashMap<Sym, V>) -> Vec<(&Sym, &V)> {
 /// Encodes `state` as a snapshot file for log `log_id`.
 pub fn encode(state: &State, log_id: [u8; 16]) -> Vec<u8> {
     let mut w = Writer::default();
+    // Section boundaries in `w.out`, so decoding can split the body across threads.
+    let mut ends = Vec::with_capacity(SECTIONS);
     let reqs = sorted(&state.requests);
     w.len(reqs.len());
     for (_, r) in reqs {
@@ -135,6 +142,7 @@ pub fn encode(state: &State, log_id: [u8; 16]) -> Vec<u8> {
         w.u32(r.live_runs);
         w.u8(u8::from(r.cancelling));
     }
+    ends.push(w.out.len());
     let runs = sorted(&state.runs);
     w.len(runs.len());
     for (_, r) in runs {
@@ -176,6 +184,7 @@ pub fn encode(state: &State, log_id: [u8; 16]) -> Vec<u8> {
             w.sym(&i.producer_run);
         }
     }
+    ends.push(w.out.len());
     let keys = sorted(&state.keys);
     w.len(keys.len());
     for (req, m) in keys {
@@ -190,6 +199,7 @@ pub fn encode(state: &State, log_id: [u8; 16]) -> Vec<u8> {
             w.str(&k.message);
         }
     }
+    ends.push(w.out.len());
     let cat = sorted(&state.catalog);
     w.len(cat.len());
     for (p, c) in cat {
@@ -202,12 +212,14 @@ pub fn encode(state: &State, log_id: [u8; 16]) -> Vec<u8> {
             w.sym(r);
         }
     }
+    ends.push(w.out.len());
     let readers = sorted(&state.readers);
     w.len(readers.len());
     for (p, v) in readers {
         w.sym(p);
         w.syms(v);
     }
+    ends.push(w.out.len());
     w.len(state.engine.len());
     for e in &state.engine {
         w.u64(e.seq);
@@ -225,12 +237,18 @@ pub fn encode(state: &State, log_id: [u8; 16]) -> Vec<u8> {
             w.sym(p);
         }
     }
-    // The string table goes first in the body.
-    let mut body = Vec::with_capacity(w.out.len() + w.table.len() * 40);
+    ends.push(w.out.len());
+    // The string table goes first in the body, then the length of every section.
+    let mut body = Vec::with_capacity(w.out.len() + w.table.len() * 40 + 8 * SECTIONS);
     body.extend_from_slice(&(w.table.len() as u32).to_le_bytes());
     for s in &w.table {
         body.extend_from_slice(&(s.len() as u32).to_le_bytes());
         body.extend_from_slice(s.as_bytes());
+    }
+    let mut start = 0;
+    for end in ends {
+        body.extend_from_slice(&((end - start) as u64).to_le_bytes());
+        start = end;
     }
     body.extend_from_slice(&w.out);
     let mut file = Vec::with_capacity(HEADER + body.len() + 4);
@@ -247,7 +265,7 @@ pub fn encode(state: &State, log_id: [u8; 16]) -> Vec<u8> {
 
 struct Reader<'a> {
     b: &'a [u8],
-    table: Vec<Sym>,
+    table: &'a [Sym],
 }
 
 type R<T> = Result<T, String>;
@@ -324,9 +342,22 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Below this many bytes a snapshot decodes on the calling thread: a thread costs more than it
+/// saves.
+const PARALLEL_FROM: usize = 1 << 20;
+
 /// Decodes a snapshot file; `expect_log` must match. Returns the state (with `last_seq` = the
 /// snapshot's seq).
 pub fn decode(file: &[u8], expect_log: [u8; 16]) -> Result<State, String> {
+    decode_on(file, expect_log, file.len() >= PARALLEL_FROM)
+}
+
+/// [`decode`], with its sections split across two threads or not.
+pub(crate) fn decode_on(
+    file: &[u8],
+    expect_log: [u8; 16],
+    two_threads: bool,
+) -> Result<State, String> {
     if file.len() < HEADER + 4 || file[0..8] != MAGIC {
         return Err("not a snapshot".into());
     }
@@ -346,20 +377,77 @@ pub fn decode(file: &[u8], expect_log: [u8; 16]) -> Result<State, String> {
     if HEADER + body_len != head.len() {
         return Err("body length mismatch".into());
     }
-    let mut r = Reader { b: &head[HEADER..], table: Vec::new() };
+    let mut r = Reader { b: &head[HEADER..], table: &[] };
     let n = r.count(4)?;
-    let mut interner = Interner::default();
-    interner.set.reserve(n);
+    // Strings are not entered in the state's interner: events folded after the snapshot may
+    // allocate a second copy of a string the snapshot has, which costs memory, never meaning.
     let mut table = Vec::with_capacity(n);
     for _ in 0..n {
         let len = r.count(1)?;
         let s = std::str::from_utf8(r.take(len)?).map_err(|_| "bad UTF-8 in the string table")?;
-        table.push(interner.get(s));
+        table.push(Sym::from(s));
     }
-    r.table = table;
-    let mut st = State { interner: Interner::default(), ..State::default() };
+    let mut parts = [&[][..]; SECTIONS];
+    let mut lens = [0usize; SECTIONS];
+    for l in &mut lens {
+        *l = usize::try_from(r.u64()?).map_err(|_| "section length out of range")?;
+    }
+    for (part, len) in parts.iter_mut().zip(lens) {
+        *part = r.take(len).map_err(|_| "a section runs past the end")?;
+    }
+    if !r.b.is_empty() {
+        return Err("trailing bytes after the last section".into());
+    }
+    let table = &table[..];
+    let rd = |i: usize| Reader { b: parts[i], table };
+    let mut st = State::default();
+    // Two threads (the machines this runs on have at least two cores): runs and readers on
+    // one, the rest on this one; about half the work each.
+    let other = || Ok::<_, String>((runs(&mut rd(1))?, readers(&mut rd(4))?));
+    let mine = |st: &mut State| -> R<()> {
+        st.requests = requests(&mut rd(0))?;
+        st.keys = keys(&mut rd(2))?;
+        st.catalog = catalog(&mut rd(3))?;
+        Ok(())
+    };
+    let (runs, readers) = if two_threads {
+        std::thread::scope(|sc| {
+            let other = sc.spawn(other);
+            mine(&mut st)?;
+            other.join().map_err(|_| "decoding thread panicked".to_string())?
+        })?
+    } else {
+        mine(&mut st)?;
+        other()?
+    };
+    st.runs = runs;
+    st.readers = readers;
+    let mut r = rd(5);
+    let n = r.count(16)?;
+    for _ in 0..n {
+        st.engine.push(EngineRecord { seq: r.u64()?, kind: r.en()?, message: r.str()? });
+    }
+    st.last_seq = r.u64()?;
+    st.last_ts = r.i64()?;
+    st.last_delegation = if r.bool()? { Some((r.u64()?, r.sym()?, r.sym()?)) } else { None };
+    if st.last_seq != seq {
+        return Err(format!("header says seq {seq}, body {}", st.last_seq));
+    }
+    if !r.b.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    Ok(st)
+}
+
+/// Checks that a section's reader consumed its whole section.
+fn done<T>(r: &Reader<'_>, what: &str, v: T) -> R<T> {
+    if r.b.is_empty() { Ok(v) } else { Err(format!("trailing bytes in the {what} section")) }
+}
+
+fn requests(r: &mut Reader<'_>) -> R<FxHashMap<Sym, Request>> {
     let n = r.count(30)?;
-    st.requests.reserve(n);
+    let mut out = FxHashMap::default();
+    out.reserve(n);
     for _ in 0..n {
         let id = r.sym()?;
         let req = Request {
@@ -381,10 +469,15 @@ pub fn decode(file: &[u8], expect_log: [u8; 16]) -> Result<State, String> {
             live_runs: r.u32()?,
             cancelling: r.bool()?,
         };
-        st.requests.insert(id, req);
+        out.insert(id, req);
     }
+    done(r, "requests", out)
+}
+
+fn runs(r: &mut Reader<'_>) -> R<FxHashMap<Sym, Run>> {
     let n = r.count(40)?;
-    st.runs.reserve(n);
+    let mut out = FxHashMap::default();
+    out.reserve(n);
     for _ in 0..n {
         let id = r.sym()?;
         let run = Run {
@@ -426,10 +519,15 @@ pub fn decode(file: &[u8], expect_log: [u8; 16]) -> Result<State, String> {
                     .collect::<R<Vec<_>>>()?
             },
         };
-        st.runs.insert(id, run);
+        out.insert(id, run);
     }
+    done(r, "runs", out)
+}
+
+fn keys(r: &mut Reader<'_>) -> R<FxHashMap<Sym, FxHashMap<Sym, Key>>> {
     let n = r.count(8)?;
-    st.keys.reserve(n);
+    let mut out = FxHashMap::default();
+    out.reserve(n);
     for _ in 0..n {
         let req = r.sym()?;
         let k = r.count(24)?;
@@ -442,37 +540,33 @@ pub fn decode(file: &[u8], expect_log: [u8; 16]) -> Result<State, String> {
                 Key { status: r.en()?, seq: r.u64()?, job_run_id: r.sym()?, message: r.str()? },
             );
         }
-        st.keys.insert(req, m);
+        out.insert(req, m);
     }
+    done(r, "keys", out)
+}
+
+fn catalog(r: &mut Reader<'_>) -> R<FxHashMap<Sym, CatalogEntry>> {
     let n = r.count(10)?;
-    st.catalog.reserve(n);
+    let mut out = FxHashMap::default();
+    out.reserve(n);
     for _ in 0..n {
         let p = r.sym()?;
         let by_run = r.fact()?;
         let latest = r.fact()?;
         let k = r.count(12)?;
         let available = (0..k).map(|_| Ok((r.u64()?, r.sym()?))).collect::<R<Vec<_>>>()?;
-        st.catalog.insert(p, CatalogEntry { by_run, latest, available });
+        out.insert(p, CatalogEntry { by_run, latest, available });
     }
+    done(r, "catalog", out)
+}
+
+fn readers(r: &mut Reader<'_>) -> R<FxHashMap<Sym, Vec<Sym>>> {
     let n = r.count(8)?;
-    st.readers.reserve(n);
+    let mut out = FxHashMap::default();
+    out.reserve(n);
     for _ in 0..n {
         let p = r.sym()?;
-        st.readers.insert(p, r.syms()?);
+        out.insert(p, r.syms()?);
     }
-    let n = r.count(16)?;
-    for _ in 0..n {
-        st.engine.push(EngineRecord { seq: r.u64()?, kind: r.en()?, message: r.str()? });
-    }
-    st.last_seq = r.u64()?;
-    st.last_ts = r.i64()?;
-    st.last_delegation = if r.bool()? { Some((r.u64()?, r.sym()?, r.sym()?)) } else { None };
-    if st.last_seq != seq {
-        return Err(format!("header says seq {seq}, body {}", st.last_seq));
-    }
-    if !r.b.is_empty() {
-        return Err("trailing bytes".into());
-    }
-    st.interner = interner;
-    Ok(st)
+    done(r, "readers", out)
 }

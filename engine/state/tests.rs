@@ -614,6 +614,8 @@ fn a_snapshot_at_any_prefix_plus_the_rest_folds_to_the_same_state() {
         assert_eq!(encode(&at_k, id), bytes, "encoding is deterministic");
         let mut loaded = decode(&bytes, id).unwrap_or_else(|e| panic!("prefix {k}: {e}"));
         assert_eq!(loaded, at_k, "prefix {k}: a snapshot decodes to the state it was taken of");
+        let threaded = super::snapshot::decode_on(&bytes, id, true);
+        assert_eq!(threaded.as_ref(), Ok(&at_k), "prefix {k}: on two threads too");
         for (i, e) in events.iter().enumerate().skip(k) {
             let mut e = e.clone();
             e.timestamp = 1000 + i as i64;
@@ -651,4 +653,53 @@ fn damaged_foreign_or_old_snapshots_are_refused_never_misread() {
     let crc = crc32fast::hash(&forged);
     forged.extend_from_slice(&crc.to_le_bytes());
     assert!(decode(&forged, id).is_err());
+}
+
+#[test]
+fn forged_section_lengths_are_refused_even_with_a_valid_checksum() {
+    use super::snapshot::{decode, encode};
+    let events = history_events();
+    let st = fold_all(&events, events.len());
+    let id = [5u8; 16];
+    let good = encode(&st, id);
+    // Find the six section lengths: after the header (44 bytes) and the string table.
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let mut at = 44 + 4;
+    for _ in 0..u32_at(&good, 44) {
+        at += 4 + u32_at(&good, at) as usize;
+    }
+    let lens_at = |i: usize| at + 8 * i;
+    let reseal = |mut f: Vec<u8>| {
+        f.truncate(f.len() - 4);
+        let crc = crc32fast::hash(&f);
+        f.extend_from_slice(&crc.to_le_bytes());
+        f
+    };
+    assert!(decode(&reseal(good.clone()), id).is_ok(), "resealing alone changes nothing");
+    let len = |f: &[u8], i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&f[lens_at(i)..lens_at(i) + 8]);
+        u64::from_le_bytes(b)
+    };
+    let mut moved = 0;
+    for i in 0..5 {
+        // Move one byte from section i+1 into section i: the sum still matches the body.
+        let mut f = good.clone();
+        let (a, b) = (len(&f, i), len(&f, i + 1));
+        if b == 0 {
+            continue;
+        }
+        f[lens_at(i)..lens_at(i) + 8].copy_from_slice(&(a + 1).to_le_bytes());
+        f[lens_at(i + 1)..lens_at(i + 1) + 8].copy_from_slice(&(b - 1).to_le_bytes());
+        let f = reseal(f);
+        for threads in [false, true] {
+            let err = super::snapshot::decode_on(&f, id, threads).unwrap_err();
+            assert!(err.contains("trailing") || err.contains("truncated"), "section {i}: {err}");
+        }
+        moved += 1;
+    }
+    assert_eq!(moved, 5, "every section of this history holds something");
+    let mut huge = good.clone();
+    huge[lens_at(0)..lens_at(0) + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(decode(&reseal(huge), id).is_err(), "a section longer than the file");
 }
