@@ -465,7 +465,11 @@ pub mod snapshots {
                 continue;
             }
             let err = |why: String| SnapshotError { path: p.display().to_string(), why };
-            match std::fs::read(&p) {
+            // Mapped, not read: a snapshot is immutable once renamed into place (only ever
+            // deleted), and a read would copy hundreds of MiB into freshly zeroed memory.
+            let bytes = std::fs::File::open(&p)
+                .and_then(|f| databuild_log::SegmentBytes::map(&f, u64::MAX));
+            match bytes {
                 Ok(bytes) => match decode(&bytes, log_id) {
                     Ok(s) => return (Some(s), warnings),
                     Err(why) => warnings.push(err(why)),

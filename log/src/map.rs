@@ -24,8 +24,10 @@ pub enum SegmentBytes {
 impl SegmentBytes {
     /// Maps the first `len` bytes of `file` (less if the file is shorter).
     ///
-    /// Callers pass only lengths whose bytes are immutable: a sealed segment, or the durable
-    /// prefix of the active one. The writer never writes through a map (L8).
+    /// Callers pass only lengths whose bytes are immutable: a sealed segment, the durable
+    /// prefix of the active one, or a file that is never modified once in place (the engine's
+    /// snapshots, written to a temporary file and renamed). The writer never writes through a
+    /// map (L8).
     pub fn map(file: &File, len: u64) -> io::Result<SegmentBytes> {
         let len = len.min(file.metadata()?.len());
         if len == 0 {
