@@ -244,15 +244,15 @@ pub struct EngineRecord {
 #[derive(Clone, Debug, Default)]
 pub struct State {
     /// Build requests by id.
-    pub requests: FxHashMap<Sym, Request>,
+    pub requests: Table<Request>,
     /// Job runs by id.
-    pub runs: FxHashMap<Sym, Run>,
+    pub runs: Table<Run>,
     /// Partition lifecycles: by build request id, then by ref.
-    keys: FxHashMap<Sym, FxHashMap<Sym, Key>>,
+    keys: Table<FxHashMap<Sym, Key>>,
     /// The partition catalog by ref.
-    pub catalog: FxHashMap<Sym, CatalogEntry>,
+    pub catalog: Table<CatalogEntry>,
     /// Lineage, downstream: for each ref, the completed runs whose manifests list it as an input.
-    pub readers: FxHashMap<Sym, Vec<Sym>>,
+    pub readers: Table<Vec<Sym>>,
     /// Engine events.
     pub engine: Vec<EngineRecord>,
     /// Seq of the last event applied (0: none).
@@ -263,6 +263,10 @@ pub struct State {
     last_delegation: Option<(u64, Sym, Sym)>,
     /// Shared strings (derived; not part of what the state says).
     interner: Interner,
+    /// Runs live and requests open as of the snapshot this state was loaded from (derived: what
+    /// lets `live_runs` and `open_requests` avoid decoding every entry of the snapshot).
+    snapshot_live_runs: Vec<Sym>,
+    snapshot_open_requests: Vec<Sym>,
 }
 
 impl PartialEq for State {
@@ -646,7 +650,7 @@ impl State {
             build_request_id: req_sym.clone(),
             message: e.message.clone(),
         };
-        let entry = self.catalog.entry(part_sym.clone()).or_default();
+        let entry = self.catalog.or_default(part_sym.clone());
         if !run_id.is_empty() {
             if to == P::PartitionAvailable {
                 entry.available.push((seq, run_sym.clone()));
@@ -657,7 +661,7 @@ impl State {
             entry.latest = Some(fact());
         }
         let key = Key { status: to, seq, job_run_id: run_sym.clone(), message: e.message.clone() };
-        self.keys.entry(req_sym).or_default().insert(part_sym, key);
+        self.keys.or_default(req_sym).insert(part_sym, key);
         Ok(())
     }
 
@@ -814,7 +818,7 @@ impl State {
         if !read.is_empty() {
             let id_sym = self.interner.get(id);
             for p in read {
-                self.readers.entry(p).or_default().push(id_sym.clone());
+                self.readers.or_default(p).push(id_sym.clone());
             }
         }
         Ok(())
@@ -829,20 +833,39 @@ impl State {
 
     /// Runs that are SCHEDULED or RUNNING, oldest first.
     pub fn live_runs(&self) -> Vec<&Run> {
-        let mut v: Vec<&Run> = self.runs.values().filter(|r| r.is_live()).collect();
+        // A run changed since the snapshot is in memory; one live then and untouched since is in
+        // the snapshot's list (a terminal run never becomes live again).
+        let mut v: Vec<&Run> = self.runs.in_memory().filter(|r| r.is_live()).collect();
+        v.extend(
+            self.snapshot_live_runs
+                .iter()
+                .filter(|id| !self.runs.is_in_memory(id))
+                .filter_map(|id| self.runs.get(id))
+                .filter(|r| r.is_live()),
+        );
         v.sort_by_key(|r| r.first_seq);
         v
     }
 
     /// Requests that are not terminal, oldest first.
     pub fn open_requests(&self) -> Vec<&Request> {
-        let mut v: Vec<&Request> = self.requests.values().filter(|r| !r.is_terminal()).collect();
+        let mut v: Vec<&Request> = self.requests.in_memory().filter(|r| !r.is_terminal()).collect();
+        v.extend(
+            self.snapshot_open_requests
+                .iter()
+                .filter(|id| !self.requests.is_in_memory(id))
+                .filter_map(|id| self.requests.get(id))
+                .filter(|r| !r.is_terminal()),
+        );
         v.sort_by_key(|r| r.received_seq);
         v
     }
 }
 
 pub mod snapshot;
+pub mod table;
+
+pub use table::Table;
 
 #[cfg(test)]
 mod tests;

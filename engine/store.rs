@@ -403,7 +403,7 @@ pub mod snapshots {
     use std::path::{Path, PathBuf};
 
     use crate::state::State;
-    use crate::state::snapshot::{SnapshotError, decode, encode};
+    use crate::state::snapshot::{SnapshotError, decode_owned, encode};
 
     /// Directory of snapshots inside the log directory.
     pub const DIR: &str = "snapshots";
@@ -470,7 +470,7 @@ pub mod snapshots {
             let bytes = std::fs::File::open(&p)
                 .and_then(|f| databuild_log::SegmentBytes::map(&f, u64::MAX));
             match bytes {
-                Ok(bytes) => match decode(&bytes, log_id) {
+                Ok(bytes) => match decode_owned(Box::new(bytes), log_id) {
                     Ok(s) => return (Some(s), warnings),
                     Err(why) => warnings.push(err(why)),
                 },

@@ -133,6 +133,16 @@ fn snapshots_shorten_the_fold_without_changing_its_result() {
     assert_eq!(loaded, all);
     assert!(!warnings.is_empty());
     let _ = id;
+    // A writer that opened from a snapshot folds new events on top of it, changing entries that
+    // are still only in the snapshot (out/5 and in/5 rebuilt), exactly as a full fold does.
+    let (st, _) = Store::open(&log, opts()).unwrap();
+    request(&st, 5);
+    request(&st, 70);
+    st.flush().unwrap().map(|p| p.wait().unwrap());
+    let live = st.state().clone();
+    st.close().unwrap();
+    assert_eq!(live, full_fold(&log, u64::MAX));
+    assert_eq!(live.catalog.len(), all.catalog.len() + 2, "in/70 and out/70 are new");
 }
 
 #[test]

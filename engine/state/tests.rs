@@ -614,7 +614,7 @@ fn a_snapshot_at_any_prefix_plus_the_rest_folds_to_the_same_state() {
         assert_eq!(encode(&at_k, id), bytes, "encoding is deterministic");
         let mut loaded = decode(&bytes, id).unwrap_or_else(|e| panic!("prefix {k}: {e}"));
         assert_eq!(loaded, at_k, "prefix {k}: a snapshot decodes to the state it was taken of");
-        let threaded = super::snapshot::decode_on(&bytes, id, true);
+        let threaded = super::snapshot::decode_on(Box::new(bytes.clone()), id, true);
         assert_eq!(threaded.as_ref(), Ok(&at_k), "prefix {k}: on two threads too");
         for (i, e) in events.iter().enumerate().skip(k) {
             let mut e = e.clone();
@@ -655,51 +655,116 @@ fn damaged_foreign_or_old_snapshots_are_refused_never_misread() {
     assert!(decode(&forged, id).is_err());
 }
 
+/// Where the parts of a snapshot's body are: (string count, string offsets at, and per table
+/// (entry count, key indexes at, entry offsets at)).
+fn snapshot_layout(f: &[u8]) -> (usize, usize, Vec<(usize, usize, usize)>) {
+    let u32_at = |at: usize| u32::from_le_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]) as usize;
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&f[at..at + 8]);
+        u64::from_le_bytes(b) as usize
+    };
+    let n = u32_at(44);
+    let str_offsets = 48;
+    let mut at = str_offsets + 8 * (n + 1) + u64_at(str_offsets + 8 * n);
+    let mut tables = Vec::new();
+    for _ in 0..5 {
+        let k = u32_at(at);
+        let keys = at + 4;
+        let offsets = keys + 4 * k;
+        tables.push((k, keys, offsets));
+        at = offsets + 8 * (k + 1) + u64_at(offsets + 8 * k);
+    }
+    (n, str_offsets, tables)
+}
+
+fn reseal(mut f: Vec<u8>) -> Vec<u8> {
+    f.truncate(f.len() - 4);
+    let crc = crc32fast::hash(&f);
+    f.extend_from_slice(&crc.to_le_bytes());
+    f
+}
+
 #[test]
-fn forged_section_lengths_are_refused_even_with_a_valid_checksum() {
-    use super::snapshot::{decode, encode};
+fn forged_snapshot_layouts_are_refused_even_with_a_valid_checksum() {
+    use super::snapshot::{decode, decode_on, encode};
     let events = history_events();
     let st = fold_all(&events, events.len());
     let id = [5u8; 16];
     let good = encode(&st, id);
-    // Find the six section lengths: after the header (44 bytes) and the string table.
-    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    let mut at = 44 + 4;
-    for _ in 0..u32_at(&good, 44) {
-        at += 4 + u32_at(&good, at) as usize;
-    }
-    let lens_at = |i: usize| at + 8 * i;
-    let reseal = |mut f: Vec<u8>| {
-        f.truncate(f.len() - 4);
-        let crc = crc32fast::hash(&f);
-        f.extend_from_slice(&crc.to_le_bytes());
-        f
-    };
-    assert!(decode(&reseal(good.clone()), id).is_ok(), "resealing alone changes nothing");
-    let len = |f: &[u8], i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&f[lens_at(i)..lens_at(i) + 8]);
-        u64::from_le_bytes(b)
-    };
-    let mut moved = 0;
-    for i in 0..5 {
-        // Move one byte from section i+1 into section i: the sum still matches the body.
-        let mut f = good.clone();
-        let (a, b) = (len(&f, i), len(&f, i + 1));
-        if b == 0 {
-            continue;
-        }
-        f[lens_at(i)..lens_at(i) + 8].copy_from_slice(&(a + 1).to_le_bytes());
-        f[lens_at(i + 1)..lens_at(i + 1) + 8].copy_from_slice(&(b - 1).to_le_bytes());
+    assert_eq!(decode(&reseal(good.clone()), id).as_ref(), Ok(&st), "resealing changes nothing");
+    let (n, str_offsets, tables) = snapshot_layout(&good);
+    assert!(n > 2 && tables.iter().all(|t| t.0 > 0), "every table of this history has entries");
+    let mut swapped = 0;
+    let refused = |f: Vec<u8>, what: &str| {
         let f = reseal(f);
         for threads in [false, true] {
-            let err = super::snapshot::decode_on(&f, id, threads).unwrap_err();
-            assert!(err.contains("trailing") || err.contains("truncated"), "section {i}: {err}");
+            assert!(
+                decode_on(Box::new(f.clone()), id, threads).is_err(),
+                "{what} (threads: {threads})"
+            );
         }
-        moved += 1;
+    };
+    for (t, &(entries, keys, offsets)) in tables.iter().enumerate() {
+        // Two keys swapped: a table's keys must ascend, or lookups would miss entries.
+        if entries > 1 {
+            let mut f = good.clone();
+            let (a, b) = (f[keys..keys + 4].to_vec(), f[keys + 4..keys + 8].to_vec());
+            f[keys..keys + 4].copy_from_slice(&b);
+            f[keys + 4..keys + 8].copy_from_slice(&a);
+            refused(f, &format!("table {t}: keys out of order"));
+            swapped += 1;
+        }
+        // Entry 0 one byte longer: it has a trailing byte (or the table runs past its end).
+        let mut f = good.clone();
+        let at = offsets + 8;
+        let mut o = [0u8; 8];
+        o.copy_from_slice(&f[at..at + 8]);
+        f[at..at + 8].copy_from_slice(&(u64::from_le_bytes(o) + 1).to_le_bytes());
+        refused(f, &format!("table {t}: entry boundary moved"));
+        // A key index past the string table.
+        let mut f = good.clone();
+        f[keys..keys + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        refused(f, &format!("table {t}: key out of range"));
     }
-    assert_eq!(moved, 5, "every section of this history holds something");
-    let mut huge = good.clone();
-    huge[lens_at(0)..lens_at(0) + 8].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(decode(&reseal(huge), id).is_err(), "a section longer than the file");
+    assert!(swapped >= 3, "most tables have two entries or more");
+    // The string table's offsets going backwards.
+    let mut f = good.clone();
+    f[str_offsets + 8..str_offsets + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    refused(f, "string offsets");
+    // A table claiming four billion entries.
+    let mut f = good.clone();
+    f[tables[0].1 - 4..tables[0].1].copy_from_slice(&u32::MAX.to_le_bytes());
+    refused(f, "a huge count");
+}
+
+#[test]
+fn a_loaded_snapshot_reads_and_changes_like_the_state_it_was_taken_of() {
+    // Entries stay in the snapshot until asked for; changing one copies it into memory. Every
+    // view (get, iter, len, live runs, open requests) must agree with the state that was saved.
+    use super::snapshot::{decode, encode};
+    let events = history_events();
+    let id = [5u8; 16];
+    for k in 0..=events.len() {
+        let at_k = fold_all(&events, k);
+        let loaded = decode(&encode(&at_k, id), id).unwrap_or_else(|e| panic!("prefix {k}: {e}"));
+        assert_eq!(loaded.runs.len(), at_k.runs.len());
+        assert_eq!(loaded.runs.iter().count(), at_k.runs.len(), "every run decodes");
+        assert_eq!(loaded.catalog.len(), at_k.catalog.len());
+        assert_eq!(loaded.catalog.iter().count(), at_k.catalog.len(), "every entry decodes");
+        assert_eq!(loaded.requests.iter().count(), at_k.requests.len(), "every request decodes");
+        assert_eq!(loaded.readers.iter().count(), at_k.readers.len(), "every reader list decodes");
+        for (r, run) in at_k.runs.iter() {
+            assert_eq!(loaded.runs.get(r), Some(run), "prefix {k}: run {r}");
+        }
+        assert_eq!(loaded.runs.get("no-such-run"), None);
+        let ids = |v: Vec<&Run>| v.into_iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(loaded.live_runs()), ids(at_k.live_runs()), "prefix {k}: live runs");
+        let rids = |v: Vec<&Request>| v.into_iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(rids(loaded.open_requests()), rids(at_k.open_requests()), "prefix {k}");
+        let mut p1: Vec<_> = loaded.partitions().into_iter().cloned().collect();
+        let p0: Vec<_> = at_k.partitions().into_iter().cloned().collect();
+        p1.sort();
+        assert_eq!(p1, p0, "prefix {k}: partitions");
+    }
 }
