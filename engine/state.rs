@@ -2,7 +2,7 @@
 //!
 //! [`State::apply`] is the only code that changes derived state. Replay, the live engine (through
 //! [`crate::store::Store`]), `verify`, `status --at` and snapshots all call it. It is deterministic:
-//! no clock, no I/O, no randomness; every map is ordered. Each call checks that the event is a
+//! no clock, no I/O, no randomness; nothing depends on map order. Each call checks that the event is a
 //! legal transition for its entity (DESIGN.md §2.3) *before* changing anything, so a rejected
 //! event leaves the state as it was.
 //!
