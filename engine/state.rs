@@ -1,10 +1,10 @@
 //! The one fold: derived state as a pure function of the event log.
 //!
 //! [`State::apply`] is the only code that changes derived state. Replay, the live engine (through
-//! [`crate::store::Store`]), `verify`, `status --at` and snapshots all call it. It is deterministic:
-//! no clock, no I/O, no randomness; nothing depends on map order. Each call checks that the event is a
-//! legal transition for its entity (DESIGN.md §2.3) *before* changing anything, so a rejected
-//! event leaves the state as it was.
+//! [`crate::store::Store`]), `verify`, `status --at` and snapshots all call it. It is
+//! deterministic: no clock, no I/O, no randomness; nothing depends on map order. Each call checks
+//! that the event is a legal transition for its entity (DESIGN.md §2.3) *before* changing
+//! anything, so a rejected event leaves the state as it was.
 //!
 //! Projections kept here: build requests, job runs, partition lifecycles per (request, ref), the
 //! partition catalog (what `status` shows; the catalog rule is in [`CatalogEntry`]), and lineage
