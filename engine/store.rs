@@ -116,9 +116,19 @@ pub fn fold(reader: &Reader, state: &mut State, until_seq: u64) -> Result<(), St
     }
 }
 
-/// A snapshot is written once this many events follow the newest one (by the writer when it
-/// closes, or by any reader that had to fold them): it bounds how much a later open folds.
-pub const SNAPSHOT_EVERY_EVENTS: u64 = 250_000;
+/// A snapshot is written (by the writer when it closes, or by any reader that had to fold them)
+/// once a quarter of the log follows the newest one, but at least this many events...
+pub const SNAPSHOT_MIN_EVENTS: u64 = 5_000;
+/// ...and at most this many: it bounds how much a later open folds (~0.3 s here).
+pub const SNAPSHOT_MAX_EVENTS: u64 = 250_000;
+
+/// Whether a state at `last_seq` whose newest snapshot is at `snapshot_seq` (0: none) is due a
+/// new one. A quarter of the log keeps the cost of writing them linear in the log's length while
+/// it is small, so a small log's no-op rebuild loads a snapshot instead of folding every event.
+pub fn snapshot_due(last_seq: u64, snapshot_seq: u64) -> bool {
+    let every = (last_seq / 4).clamp(SNAPSHOT_MIN_EVENTS, SNAPSHOT_MAX_EVENTS);
+    last_seq >= snapshot_seq.saturating_add(every)
+}
 
 /// Loads the newest usable snapshot at or below `until_seq` (if any) and folds the rest of the
 /// log up to `until_seq`. Returns the state, the seq of the snapshot used (0: none) and warnings
@@ -349,7 +359,7 @@ impl Store {
     /// Closes the log cleanly, first writing a snapshot if many events followed the last one.
     pub fn close(self) -> Result<(), AppendError> {
         let state = self.state.read();
-        if state.last_seq >= self.snapshot_seq + SNAPSHOT_EVERY_EVENTS
+        if snapshot_due(state.last_seq, self.snapshot_seq)
             && self.writer.durable_end().next_seq > state.last_seq
         {
             // Derived and best-effort: a failure only means the next open folds more.
@@ -373,7 +383,7 @@ pub fn load(dir: &Path, until_seq: u64) -> Result<(State, Reader, Vec<String>), 
     let (state, from, warnings) = fold_with_snapshot(&reader, until_seq)?;
     // A reader that had to fold many events leaves a snapshot for the next one.
     if until_seq == u64::MAX
-        && state.last_seq >= from + SNAPSHOT_EVERY_EVENTS
+        && snapshot_due(state.last_seq, from)
         && let Some(id) = reader.log_id()
     {
         let _ = snapshots::write(dir, &state, id.0);

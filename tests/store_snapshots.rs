@@ -183,3 +183,17 @@ fn verify_reports_a_snapshot_that_disagrees_with_the_log() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && !stdout.contains("snapshot"), "{stdout}");
 }
+
+#[test]
+fn snapshots_are_due_every_quarter_of_the_log_within_bounds() {
+    use store::snapshot_due;
+    // Small logs: at least 5,000 events after the last one (none yet counts as seq 0).
+    assert!(!snapshot_due(4_999, 0));
+    assert!(snapshot_due(5_000, 0));
+    // Middling logs: a quarter of the log.
+    assert!(!snapshot_due(100_000, 80_000), "a quarter of 100k is 25k; only 20k follow");
+    assert!(snapshot_due(110_000, 80_000), "a quarter of 110k is 27.5k; 30k follow");
+    // Long logs: at most 250,000 events, which bounds what an open folds.
+    assert!(!snapshot_due(10_000_000, 9_800_000));
+    assert!(snapshot_due(10_050_000, 9_800_000));
+}
