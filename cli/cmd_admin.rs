@@ -35,7 +35,7 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
                 continue;
             }
             let verdict = match (std::fs::read(&path), log_id) {
-                (Ok(bytes), Some(id)) => match databuild::state::snapshot::decode(&bytes, id.0) {
+                (Ok(bytes), Some(id)) => match databuild::state::snapshot::decode_owned(Box::new(bytes), id.0) {
                     Ok(s) if s == *state => continue,
                     Ok(_) => "differs from the fold of the log (it would mislead views: delete the snapshots directory, it is rebuilt)".to_string(),
                     Err(e) => format!("{e} (ignored; the log is folded instead)"),
