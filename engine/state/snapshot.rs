@@ -344,11 +344,16 @@ struct Snap {
 }
 
 impl Snap {
-    /// String `i` (< n). Validated at load: the fallback is never taken.
-    fn str(&self, i: usize) -> &str {
+    /// The bytes of string `i` (< n).
+    fn str_bytes(&self, i: usize) -> &[u8] {
         let b = &self.bytes[..];
         let (a, z) = (u64_at(b, self.offsets + 8 * i), u64_at(b, self.offsets + 8 * i + 8));
-        std::str::from_utf8(&b[self.strings + a as usize..self.strings + z as usize]).unwrap_or("")
+        &b[self.strings + a as usize..self.strings + z as usize]
+    }
+
+    /// String `i` (< n). Validated at load: the fallback is never taken.
+    fn str(&self, i: usize) -> &str {
+        std::str::from_utf8(self.str_bytes(i)).unwrap_or("")
     }
 }
 
@@ -670,7 +675,8 @@ impl<V> Source<V> for TableSrc<V> {
         let (mut lo, mut hi) = (0, self.snap.n);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.snap.str(mid).cmp(key) {
+            // Byte order is string order for UTF-8: no need to re-check each probe's UTF-8.
+            match self.snap.str_bytes(mid).cmp(key.as_bytes()) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => {

@@ -108,9 +108,10 @@ impl<V> Table<V> {
         d.slot(d.src.find(key)?).map(|(_, v)| v)
     }
 
-    /// Whether there is an entry for `key`.
+    /// Whether there is an entry for `key` (without decoding it).
     pub fn contains_key<Q: AsRef<str> + ?Sized>(&self, key: &Q) -> bool {
-        self.get(key).is_some()
+        let key = key.as_ref();
+        self.mem.contains_key(key) || self.disk.as_ref().is_some_and(|d| d.src.find(key).is_some())
     }
 
     /// How many entries.
