@@ -18,13 +18,14 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
     let mut state = State::new();
     let mut violation: Option<Violation> = None;
     let mut undecodable: Option<(u64, String)> = None;
-    // Snapshots are checked against the fold: each must equal the state after its seq.
-    let log_id = databuild_log::Reader::open(&ctx.log_dir, ReadOptions::default())
-        .ok()
-        .and_then(|r| r.log_id());
+    // Snapshots are checked against the fold: each of this history must equal the state after its
+    // seq (one that differs would mislead every view: the log is then not sound as a whole).
+    let reader = databuild_log::Reader::open(&ctx.log_dir, ReadOptions::default()).ok();
+    let log_id = reader.as_ref().and_then(|r| r.log_id());
     let mut snaps: Vec<(u64, std::path::PathBuf)> = databuild::store::snapshots::list(&ctx.log_dir);
     snaps.reverse();
     let mut snap_notes: Vec<String> = Vec::new();
+    let mut snap_problem: Option<(u64, String)> = None;
     let mut check_snapshot = |state: &State, snaps: &mut Vec<(u64, std::path::PathBuf)>| {
         while let Some((seq, path)) = snaps.first().cloned() {
             if seq > state.last_seq {
@@ -34,14 +35,27 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
             if seq < state.last_seq {
                 continue;
             }
-            let verdict = match (std::fs::read(&path), log_id) {
-                (Ok(bytes), Some(id)) => match databuild::state::snapshot::decode_owned(Box::new(bytes), id.0) {
-                    Ok(s) if s == *state => continue,
-                    Ok(_) => "differs from the fold of the log (it would mislead views: delete the snapshots directory, it is rebuilt)".to_string(),
-                    Err(e) => format!("{e} (ignored; the log is folded instead)"),
-                },
-                (Err(e), _) => e.to_string(),
-                (_, None) => "no log to compare with".to_string(),
+            let verdict = match (std::fs::read(&path), log_id, &reader) {
+                (Ok(bytes), Some(id), Some(reader)) => {
+                    match databuild::store::snapshots::check_anchor(reader, &bytes, seq) {
+                        Err(why) => format!("{why} (ignored; the log is folded instead)"),
+                        Ok(()) => {
+                            match databuild::state::snapshot::decode_owned(Box::new(bytes), id.0) {
+                                Ok(s) if s == *state => continue,
+                                Ok(_) => {
+                                    snap_problem.get_or_insert((seq, format!(
+                                    "snapshot {} differs from the fold of the log at seq {seq} (it would mislead every view: delete it, snapshots are derived and rebuilt)",
+                                    path.display()
+                                )));
+                                    "differs from the fold of the log (it would mislead views: delete the snapshots directory, it is rebuilt)".to_string()
+                                }
+                                Err(e) => format!("{e} (ignored; the log is folded instead)"),
+                            }
+                        }
+                    }
+                }
+                (Err(e), _, _) => e.to_string(),
+                _ => "no log to compare with".to_string(),
             };
             snap_notes.push(format!("snapshot {}: {verdict}", path.display()));
         }
@@ -65,7 +79,8 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
             path.display()
         ));
     }
-    let sound = report.is_sound() && violation.is_none() && undecodable.is_none();
+    let sound =
+        report.is_sound() && violation.is_none() && undecodable.is_none() && snap_problem.is_none();
     let events = report.records;
     let last = report.next_seq.saturating_sub(1);
     let tail = match &report.tail {
@@ -87,7 +102,7 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
         (None, None, Some((seq, why))) => {
             Some(format!("event at seq {seq} does not decode: {why}"))
         }
-        _ => None,
+        _ => snap_problem.as_ref().map(|(_, p)| p.clone()),
     };
     match ctx.format {
         Format::Json => out(&render::json(&json!({
@@ -102,7 +117,7 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
                         "checkpoint": checkpoint,
             "snapshotWarnings": snap_notes,
             "problem": problem,
-            "problemSeq": report.corruption.as_ref().map(|c| c.seq).or(violation.as_ref().map(|v| v.seq)).or(undecodable.as_ref().map(|u| u.0)),
+            "problemSeq": report.corruption.as_ref().map(|c| c.seq).or(violation.as_ref().map(|v| v.seq)).or(undecodable.as_ref().map(|u| u.0)).or(snap_problem.as_ref().map(|s| s.0)),
         }))),
         _ => {
             out(&format!("log        {}", ctx.log_dir.display()));
@@ -137,6 +152,10 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
         return Ok(exit::SUCCESS);
     }
     let what = problem.unwrap_or_default();
+    if report.is_sound() && violation.is_none() && undecodable.is_none() {
+        // Only a snapshot is wrong: the log itself is sound, and repair would cut nothing.
+        return Err(CliError::log(format!("the event log is sound, but {what}")));
+    }
     Err(CliError::log(format!(
         "the event log is not sound: {what}; `databuild repair --truncate` keeps the valid prefix (what follows is moved aside)"
     )))
@@ -155,6 +174,11 @@ pub fn repair(ctx: &Ctx, a: RepairArgs) -> Result<u8, CliError> {
         }
         return Ok(exit::SUCCESS);
     };
+    // Snapshots of the cut history must go before anything is appended: the log will reach
+    // their seqs again with other events.
+    for p in databuild::store::snapshots::remove_from(&ctx.log_dir, cut.seq) {
+        eprintln!("removed snapshot {} (it was taken of the history that was cut)", p.display());
+    }
     // Record the repair in the log itself, so the history says what was cut.
     let (store, _) =
         Store::open(&ctx.log_dir, StoreOptions { writer: opts, ..StoreOptions::default() })

@@ -21,6 +21,7 @@ use databuild_log::{
 };
 
 use crate::proto::BuildEvent;
+use crate::state::snapshot::Anchor;
 use crate::state::{State, Violation};
 
 /// Why the store could not be opened or read.
@@ -116,8 +117,7 @@ pub fn fold(reader: &Reader, state: &mut State, until_seq: u64) -> Result<(), St
     }
 }
 
-/// A snapshot is written (by the writer when it closes, or by any reader that had to fold them)
-/// once a quarter of the log follows the newest one, but at least this many events...
+/// A snapshot is written (by the writer when it closes; readers write nothing) once a quarter of the log follows the newest one, but at least this many events...
 pub const SNAPSHOT_MIN_EVENTS: u64 = 5_000;
 /// ...and at most this many: it bounds how much a later open folds (~0.3 s here).
 pub const SNAPSHOT_MAX_EVENTS: u64 = 250_000;
@@ -140,9 +140,9 @@ pub fn fold_with_snapshot(
     let mut state = State::new();
     let mut from = 0;
     let mut warnings = Vec::new();
-    if let Some(id) = reader.log_id() {
+    if reader.log_id().is_some() {
         let max = until_seq.min(reader.next_seq().saturating_sub(1));
-        let (snap, bad) = snapshots::load(reader.dir(), id.0, max);
+        let (snap, bad) = snapshots::load(reader, max);
         warnings.extend(bad.into_iter().map(|e| format!("{e}; folding the log instead")));
         if let Some(s) = snap {
             from = s.last_seq;
@@ -151,6 +151,17 @@ pub fn fold_with_snapshot(
     }
     fold(reader, &mut state, until_seq)?;
     Ok((state, from, warnings))
+}
+
+/// The frame of the log that holds `seq` (see [`Anchor`]); `None` if the log does not hold it.
+pub fn anchor_at(reader: &Reader, seq: u64) -> Result<Option<Anchor>, ReadError> {
+    let Some(frame) = reader.frames_from(seq).next() else { return Ok(None) };
+    let frame = frame?;
+    if seq < frame.first_seq() || seq >= frame.first_seq() + u64::from(frame.count()) {
+        return Ok(None);
+    }
+    let (segment, offset) = frame.position();
+    Ok(Some(Anchor { segment, offset, crc: frame.crc() }))
 }
 
 /// A clock and id source for stamping events; injected so tests are deterministic.
@@ -361,9 +372,11 @@ impl Store {
         let state = self.state.read();
         if snapshot_due(state.last_seq, self.snapshot_seq)
             && self.writer.durable_end().next_seq > state.last_seq
+            && let Ok(reader) = self.writer.reader(ReadMode::Mmap)
+            && let Ok(Some(anchor)) = anchor_at(&reader, state.last_seq)
         {
             // Derived and best-effort: a failure only means the next open folds more.
-            let _ = snapshots::write(&self.dir, &state, self.writer.log_id().0);
+            let _ = snapshots::write(&self.dir, &state, self.writer.log_id().0, anchor);
         }
         drop(state);
         self.writer.close()
@@ -377,17 +390,11 @@ impl Store {
 
 /// Opens a log read-only and folds it up to `until_seq` (all of it for `u64::MAX`), from the
 /// newest usable snapshot. A missing log is an empty state. Also returns warnings about
-/// snapshots that could not be used.
+/// snapshots that could not be used. Reading writes nothing, not even a snapshot: only the log's
+/// writer does, when it closes.
 pub fn load(dir: &Path, until_seq: u64) -> Result<(State, Reader, Vec<String>), StoreError> {
     let reader = Reader::open(dir, ReadOptions::default())?;
-    let (state, from, warnings) = fold_with_snapshot(&reader, until_seq)?;
-    // A reader that had to fold many events leaves a snapshot for the next one.
-    if until_seq == u64::MAX
-        && snapshot_due(state.last_seq, from)
-        && let Some(id) = reader.log_id()
-    {
-        let _ = snapshots::write(dir, &state, id.0);
-    }
+    let (state, _, warnings) = fold_with_snapshot(&reader, until_seq)?;
     Ok((state, reader, warnings))
 }
 
@@ -412,8 +419,10 @@ pub fn event_at(reader: &Reader, seq: u64) -> Result<Option<BuildEvent>, StoreEr
 pub mod snapshots {
     use std::path::{Path, PathBuf};
 
+    use databuild_log::Reader;
+
     use crate::state::State;
-    use crate::state::snapshot::{SnapshotError, decode_owned, encode};
+    use crate::state::snapshot::{Anchor, SnapshotError, decode_owned, encode, peek};
 
     /// Directory of snapshots inside the log directory.
     pub const DIR: &str = "snapshots";
@@ -440,21 +449,27 @@ pub mod snapshots {
         v
     }
 
-    /// Writes a snapshot of `state` (tmp, fdatasync, rename, directory fsync) and keeps the newest
-    /// [`KEEP`]. Any process may do this; readers take no lock (the rename is atomic).
-    pub fn write(log_dir: &Path, state: &State, log_id: [u8; 16]) -> std::io::Result<PathBuf> {
-        use std::io::Write;
+    /// Writes a snapshot of `state`, taken after the frame `anchor` (tmp, fdatasync, rename,
+    /// directory fsync), keeps the newest [`KEEP`] and removes temporary files that a killed
+    /// writer left. Only the log's writer calls this (it holds the log's lock), so a temporary
+    /// file of another process is stale; readers take no lock (the rename is atomic).
+    pub fn write(
+        log_dir: &Path,
+        state: &State,
+        log_id: [u8; 16],
+        anchor: Anchor,
+    ) -> std::io::Result<PathBuf> {
         let dir = log_dir.join(DIR);
         std::fs::create_dir_all(&dir)?;
-        let bytes = encode(state, log_id);
+        sweep_temporary(&dir);
+        let bytes = encode(state, log_id, anchor);
         let final_path = path(log_dir, state.last_seq);
         let tmp = dir.join(format!("{:020}.snap.{}.tmp", state.last_seq, std::process::id()));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_data()?;
+        let written = write_synced(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &final_path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        std::fs::rename(&tmp, &final_path)?;
         std::fs::File::open(&dir)?.sync_all()?;
         for (_, old) in list(log_dir).into_iter().skip(KEEP) {
             let _ = std::fs::remove_file(old);
@@ -462,15 +477,60 @@ pub mod snapshots {
         Ok(final_path)
     }
 
-    /// The newest usable snapshot at or below `max_seq`, with warnings for the unusable ones met on
-    /// the way. `None` if there is none (fold from the start).
-    pub fn load(
-        log_dir: &Path,
-        log_id: [u8; 16],
-        max_seq: u64,
-    ) -> (Option<State>, Vec<SnapshotError>) {
+    /// [`write`] for the log in `log_dir` as it is now: the snapshot is anchored to the frame
+    /// that holds `state.last_seq` (an error if the log does not hold it durably).
+    pub fn write_current(log_dir: &Path, state: &State) -> std::io::Result<PathBuf> {
+        let reader = Reader::open(log_dir, databuild_log::ReadOptions::default())
+            .map_err(std::io::Error::other)?;
+        let id = reader.log_id().ok_or_else(|| std::io::Error::other("the log is empty"))?;
+        let anchor =
+            super::anchor_at(&reader, state.last_seq).map_err(std::io::Error::other)?.ok_or_else(
+                || std::io::Error::other(format!("the log does not hold seq {}", state.last_seq)),
+            )?;
+        write(log_dir, state, id.0, anchor)
+    }
+
+    fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(path)?;
+        f.write_all(bytes)?;
+        f.sync_data()
+    }
+
+    /// Removes `*.tmp` files of other processes: a writer killed while writing a snapshot
+    /// leaves one (it can be hundreds of MiB).
+    fn sweep_temporary(dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mine = format!(".{}.tmp", std::process::id());
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") && name.contains(".snap.") && !name.ends_with(&mine) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Removes every snapshot taken at `seq` or later: `repair --truncate` calls it for the seqs
+    /// it cut, so no snapshot of the old history is left for the new one to reach. Returns the
+    /// paths removed.
+    pub fn remove_from(log_dir: &Path, seq: u64) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for (s, p) in list(log_dir) {
+            if s >= seq && std::fs::remove_file(&p).is_ok() {
+                removed.push(p);
+            }
+        }
+        removed
+    }
+
+    /// The newest usable snapshot at or below `max_seq` of the log `reader` reads, with warnings
+    /// for the unusable ones met on the way. `None` if there is none (fold from the start). A
+    /// snapshot is usable only if the log still holds the frame it was taken after (its anchor).
+    pub fn load(reader: &Reader, max_seq: u64) -> (Option<State>, Vec<SnapshotError>) {
         let mut warnings = Vec::new();
-        for (seq, p) in list(log_dir) {
+        let Some(log_id) = reader.log_id() else { return (None, warnings) };
+        for (seq, p) in list(reader.dir()) {
             if seq > max_seq {
                 continue;
             }
@@ -479,14 +539,39 @@ pub mod snapshots {
             // deleted), and a read would copy hundreds of MiB into freshly zeroed memory.
             let bytes = std::fs::File::open(&p)
                 .and_then(|f| databuild_log::SegmentBytes::map(&f, u64::MAX));
-            match bytes {
-                Ok(bytes) => match decode_owned(Box::new(bytes), log_id) {
-                    Ok(s) => return (Some(s), warnings),
-                    Err(why) => warnings.push(err(why)),
-                },
-                Err(e) => warnings.push(err(e.to_string())),
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    warnings.push(err(e.to_string()));
+                    continue;
+                }
+            };
+            if let Err(why) = check_anchor(reader, &bytes, seq) {
+                warnings.push(err(why));
+                continue;
+            }
+            match decode_owned(Box::new(bytes), log_id.0) {
+                Ok(s) => return (Some(s), warnings),
+                Err(why) => warnings.push(err(why)),
             }
         }
         (None, warnings)
+    }
+
+    /// Whether the snapshot `file` (named for `seq`) was taken of the history `reader` reads: its
+    /// header names the seq and the frame that holds it in this log.
+    pub fn check_anchor(reader: &Reader, file: &[u8], seq: u64) -> Result<(), String> {
+        let Some(h) = peek(file) else { return Err("not a snapshot".into()) };
+        if h.seq != seq {
+            return Err(format!("its header says seq {}, its name seq {seq}", h.seq));
+        }
+        match super::anchor_at(reader, seq) {
+            Ok(Some(a)) if a == h.anchor => Ok(()),
+            Ok(_) => Err(format!(
+                "taken of another history: the log no longer holds the frame it was taken after (seq {seq}, segment {}, byte {}); the log was cut or restored since",
+                h.anchor.segment, h.anchor.offset
+            )),
+            Err(e) => Err(format!("cannot read the frame holding seq {seq}: {e}")),
+        }
     }
 }

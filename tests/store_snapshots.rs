@@ -77,14 +77,13 @@ fn snapshots_shorten_the_fold_without_changing_its_result() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let (st, _) = Store::open(&log, opts()).unwrap();
-    let id = Reader::open(&log, ReadOptions::default()).map(|r| r.log_id()).unwrap();
     let mut snapshot_seqs = Vec::new();
     for n in 0..60 {
         request(&st, n);
         st.flush().unwrap().map(|p| p.wait().unwrap());
         if n % 20 == 9 {
             let s = st.state().clone();
-            snapshots::write(&log, &s, id.unwrap_or(databuild_log::LogId([0; 16])).0).unwrap();
+            snapshots::write_current(&log, &s).unwrap();
             snapshot_seqs.push(s.last_seq);
         }
     }
@@ -127,7 +126,7 @@ fn snapshots_shorten_the_fold_without_changing_its_result() {
     assert_eq!(loaded, all);
     assert!(warnings.iter().any(|w| w.contains("checksum")), "{warnings:?}");
     // A snapshot of another log is ignored too.
-    let other = databuild::state::snapshot::encode(&all, [9u8; 16]);
+    let other = databuild::state::snapshot::encode(&all, [9u8; 16], Default::default());
     std::fs::write(snapshots::path(&log, all.last_seq + 1000), other).unwrap();
     let (loaded, _, warnings) = store::load(&log, u64::MAX).unwrap();
     assert_eq!(loaded, all);
@@ -155,13 +154,18 @@ fn verify_reports_a_snapshot_that_disagrees_with_the_log() {
     }
     st.flush().unwrap().map(|p| p.wait().unwrap());
     st.close().unwrap();
-    let id = Reader::open(&log, ReadOptions::default()).unwrap().log_id().unwrap();
-    // A snapshot claiming seq 20 but holding the state after seq 10.
+    let reader = Reader::open(&log, ReadOptions::default()).unwrap();
+    let id = reader.log_id().unwrap();
+    let anchor = store::anchor_at(&reader, 20).unwrap().unwrap();
+    // A snapshot claiming seq 20 (of this very history) but holding the state after seq 10.
     std::fs::create_dir_all(log.join(snapshots::DIR)).unwrap();
     let mut wrong = full_fold(&log, 10);
     wrong.last_seq = 20;
-    std::fs::write(snapshots::path(&log, 20), databuild::state::snapshot::encode(&wrong, id.0))
-        .unwrap();
+    std::fs::write(
+        snapshots::path(&log, 20),
+        databuild::state::snapshot::encode(&wrong, id.0, anchor),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_databuild"))
         .args(["verify", "--log"])
         .arg(&log)
@@ -169,10 +173,11 @@ fn verify_reports_a_snapshot_that_disagrees_with_the_log() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("differs from the fold of the log"), "{stdout}");
+    assert_eq!(out.status.code(), Some(3), "a snapshot that would mislead views fails verify");
     // A correct one is not reported.
     std::fs::write(
         snapshots::path(&log, 20),
-        databuild::state::snapshot::encode(&full_fold(&log, 20), id.0),
+        databuild::state::snapshot::encode(&full_fold(&log, 20), id.0, anchor),
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_databuild"))

@@ -6,8 +6,12 @@
 //!
 //! This module only encodes and decodes (the fold does no I/O); files are handled by
 //! `store::snapshots`. File: `snapshots/<seq:020>.snap` in the log directory:
-//! `magic "DBSNAP\0\x1a" | fold_version u32 | log_id [16] | seq u64 | body_len u64 | body | crc u32`
-//! (little-endian; the CRC covers everything before it).
+//! `magic "DBSNAP\0\x1a" | fold_version u32 | log_id [16] | seq u64 | anchor | body_len u64 |
+//! body | crc u32` (little-endian; the CRC covers everything before it), where the **anchor**
+//! (`segment u64 | offset u64 | frame crc u32`) names the frame of the log that holds `seq`. A
+//! snapshot is used only while the log still holds that very frame: after `repair --truncate` or a
+//! restored backup, the log may reach `seq` again with other events, and a snapshot of the old
+//! history must not stand in for the new one.
 //!
 //! The body is laid out to be used in place, not loaded: a string table (every distinct id and
 //! ref once, **sorted**: `n u32 | offsets [u64; n+1] | bytes`), then one table per projection
@@ -27,10 +31,50 @@ use super::*;
 
 /// Bumped with every change to what the fold computes or to this encoding: older snapshots are
 /// then ignored (and rebuilt), never misread.
-pub const FOLD_VERSION: u32 = 3;
+pub const FOLD_VERSION: u32 = 4;
 /// Magic bytes of a snapshot file.
 pub const MAGIC: [u8; 8] = *b"DBSNAP\x00\x1a";
-const HEADER: usize = 8 + 4 + 16 + 8 + 8;
+const HEADER: usize = 8 + 4 + 16 + 8 + ANCHOR_BYTES + 8;
+const ANCHOR_BYTES: usize = 8 + 8 + 4;
+
+/// The frame of the log a snapshot was taken after (the one holding its seq): segment id, byte
+/// offset and the frame's checksum. The checksum covers the frame's seqs and events (with their
+/// ids and timestamps), so another history reaching the same seq has another anchor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Anchor {
+    /// Segment id of the frame.
+    pub segment: u64,
+    /// Byte offset of the frame in its segment.
+    pub offset: u64,
+    /// The frame's checksum.
+    pub crc: u32,
+}
+
+/// What a snapshot's header says, read without checking the file (see [`peek`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The seq the state was taken after.
+    pub seq: u64,
+    /// The frame holding `seq` when it was taken.
+    pub anchor: Anchor,
+}
+
+/// Reads a snapshot's header without checking anything but its length and magic: cheap, so a
+/// loader can skip a snapshot of another history before checking (and mapping) all of it. A
+/// header is trusted only once [`decode_owned`] has checked the file's checksum.
+pub fn peek(file: &[u8]) -> Option<Header> {
+    if file.len() < HEADER + 4 || file[0..8] != MAGIC {
+        return None;
+    }
+    Some(Header {
+        seq: u64_at(file, 28),
+        anchor: Anchor {
+            segment: u64_at(file, 36),
+            offset: u64_at(file, 44),
+            crc: u32_at(file, 52),
+        },
+    })
+}
 /// Below this many bytes a snapshot is validated on the calling thread: a thread costs more than
 /// it saves.
 const PARALLEL_FROM: usize = 1 << 20;
@@ -234,8 +278,8 @@ fn enc_catalog(w: &mut Writer, c: &CatalogEntry) {
     }
 }
 
-/// Encodes `state` as a snapshot file for log `log_id`.
-pub fn encode(state: &State, log_id: [u8; 16]) -> Vec<u8> {
+/// Encodes `state` as a snapshot file for log `log_id`, taken after the frame `anchor`.
+pub fn encode(state: &State, log_id: [u8; 16], anchor: Anchor) -> Vec<u8> {
     let mut w = Writer::default();
     let tables = [
         w.table(state.requests.iter(), enc_request),
@@ -310,6 +354,9 @@ pub fn encode(state: &State, log_id: [u8; 16]) -> Vec<u8> {
     file.extend_from_slice(&FOLD_VERSION.to_le_bytes());
     file.extend_from_slice(&log_id);
     file.extend_from_slice(&state.last_seq.to_le_bytes());
+    file.extend_from_slice(&anchor.segment.to_le_bytes());
+    file.extend_from_slice(&anchor.offset.to_le_bytes());
+    file.extend_from_slice(&anchor.crc.to_le_bytes());
     file.extend_from_slice(&(body.len() as u64).to_le_bytes());
     file.extend_from_slice(&body);
     let crc = crc32fast::hash(&file);
@@ -806,7 +853,7 @@ pub(crate) fn decode_on(
         return Err("snapshot of another log".into());
     }
     let seq = u64_at(f, 28);
-    if u64_at(f, 36) != (end - HEADER) as u64 {
+    if u64_at(f, 28 + 8 + ANCHOR_BYTES) != (end - HEADER) as u64 {
         return Err("body length mismatch".into());
     }
     // The string table: sorted, valid UTF-8, offsets within bounds.

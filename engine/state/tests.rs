@@ -610,8 +610,8 @@ fn a_snapshot_at_any_prefix_plus_the_rest_folds_to_the_same_state() {
     let id = [5u8; 16];
     for k in 0..=events.len() {
         let at_k = fold_all(&events, k);
-        let bytes = encode(&at_k, id);
-        assert_eq!(encode(&at_k, id), bytes, "encoding is deterministic");
+        let bytes = encode(&at_k, id, Default::default());
+        assert_eq!(encode(&at_k, id, Default::default()), bytes, "encoding is deterministic");
         let mut loaded = decode(&bytes, id).unwrap_or_else(|e| panic!("prefix {k}: {e}"));
         assert_eq!(loaded, at_k, "prefix {k}: a snapshot decodes to the state it was taken of");
         let threaded = super::snapshot::decode_on(Box::new(bytes.clone()), id, true);
@@ -633,7 +633,7 @@ fn damaged_foreign_or_old_snapshots_are_refused_never_misread() {
     let events = history_events();
     let st = fold_all(&events, events.len());
     let id = [5u8; 16];
-    let good = encode(&st, id);
+    let good = encode(&st, id, Default::default());
     assert!(decode(&good, [6u8; 16]).unwrap_err().contains("another log"));
     let mut old = good.clone();
     old[8..12].copy_from_slice(&(FOLD_VERSION + 1).to_le_bytes());
@@ -647,8 +647,8 @@ fn damaged_foreign_or_old_snapshots_are_refused_never_misread() {
         assert!(decode(&bad, id).is_err(), "a flipped byte at {at} is detected");
     }
     // A body with a huge count but a valid checksum is refused before allocating.
-    let mut forged = good[..44].to_vec();
-    forged[36..44].copy_from_slice(&4u64.to_le_bytes());
+    let mut forged = good[..64].to_vec();
+    forged[56..64].copy_from_slice(&4u64.to_le_bytes());
     forged.extend_from_slice(&u32::MAX.to_le_bytes());
     let crc = crc32fast::hash(&forged);
     forged.extend_from_slice(&crc.to_le_bytes());
@@ -664,8 +664,8 @@ fn snapshot_layout(f: &[u8]) -> (usize, usize, Vec<(usize, usize, usize)>) {
         b.copy_from_slice(&f[at..at + 8]);
         u64::from_le_bytes(b) as usize
     };
-    let n = u32_at(44);
-    let str_offsets = 48;
+    let n = u32_at(64);
+    let str_offsets = 68;
     let mut at = str_offsets + 8 * (n + 1) + u64_at(str_offsets + 8 * n);
     let mut tables = Vec::new();
     for _ in 0..5 {
@@ -691,7 +691,7 @@ fn forged_snapshot_layouts_are_refused_even_with_a_valid_checksum() {
     let events = history_events();
     let st = fold_all(&events, events.len());
     let id = [5u8; 16];
-    let good = encode(&st, id);
+    let good = encode(&st, id, Default::default());
     assert_eq!(decode(&reseal(good.clone()), id).as_ref(), Ok(&st), "resealing changes nothing");
     let (n, str_offsets, tables) = snapshot_layout(&good);
     assert!(n > 2 && tables.iter().all(|t| t.0 > 0), "every table of this history has entries");
@@ -747,7 +747,8 @@ fn a_loaded_snapshot_reads_and_changes_like_the_state_it_was_taken_of() {
     let id = [5u8; 16];
     for k in 0..=events.len() {
         let at_k = fold_all(&events, k);
-        let loaded = decode(&encode(&at_k, id), id).unwrap_or_else(|e| panic!("prefix {k}: {e}"));
+        let loaded = decode(&encode(&at_k, id, Default::default()), id)
+            .unwrap_or_else(|e| panic!("prefix {k}: {e}"));
         assert_eq!(loaded.runs.len(), at_k.runs.len());
         assert_eq!(loaded.runs.iter().count(), at_k.runs.len(), "every run decodes");
         assert_eq!(loaded.catalog.len(), at_k.catalog.len());

@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(state, before, "a rejected event changed the state");
         }
     }
-    let bytes = databuild::state::snapshot::encode(&state, [1; 16]);
+    let bytes = databuild::state::snapshot::encode(&state, [1; 16], Default::default());
     let back = databuild::state::snapshot::decode(&bytes, [1; 16]).expect("a snapshot decodes");
     assert_eq!(back, state, "snapshot round trip");
 });

@@ -539,6 +539,7 @@ impl Frames<'_> {
                             offset: cur.offset,
                             first_seq: h.first_seq,
                             count: h.count,
+                            crc: h.crc,
                             body_start: cur.offset as usize + FRAME_HEADER_BYTES,
                             body_len: h.len as usize,
                             bytes: cur.bytes.clone(),
@@ -627,6 +628,7 @@ pub struct Frame {
     offset: u64,
     first_seq: u64,
     count: u32,
+    crc: u32,
     body_start: usize,
     body_len: usize,
     bytes: Arc<SegmentBytes>,
@@ -641,6 +643,12 @@ impl Frame {
     /// Records in the frame.
     pub fn count(&self) -> u32 {
         self.count
+    }
+
+    /// The frame's checksum: with [`Frame::position`] it names this exact frame, so a reader can
+    /// tell a frame from another one written later at the same place (after a repair, say).
+    pub fn crc(&self) -> u32 {
+        self.crc
     }
 
     /// Segment id and byte offset of the frame.
