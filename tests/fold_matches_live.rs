@@ -141,7 +141,6 @@ fn run_case(d: &Dag, plan: &[(Vec<usize>, bool)]) -> Result<(), TestCaseError> {
     }
     let live = store.state().clone();
     prop_assert!(!live.runs.is_empty(), "the first build ran jobs");
-    let id = Reader::open(&log, ReadOptions::default()).unwrap().log_id().unwrap();
     snapshots::write_current(&log, &live).unwrap();
     let (loaded, _, warnings) = store::load(&log, u64::MAX).unwrap();
     prop_assert!(warnings.is_empty(), "{:?}", warnings);
