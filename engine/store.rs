@@ -233,6 +233,8 @@ impl Store {
         let fs = opts.writer.fs.clone();
         let (writer, report) = Writer::open(dir, opts.writer)?;
         let reader = writer.reader(ReadMode::Mmap)?;
+        // The writer holds the lock: a temporary snapshot file of another process is stale.
+        snapshots::sweep_temporary(&dir.join(snapshots::DIR));
         // Snapshots are only a shortcut: a bad one is skipped (the warnings say so).
         let (state, snapshot_seq, snapshot_warnings) = fold_with_snapshot(&reader, u64::MAX)?;
         let store = Store {
@@ -499,7 +501,7 @@ pub mod snapshots {
 
     /// Removes `*.tmp` files of other processes: a writer killed while writing a snapshot
     /// leaves one (it can be hundreds of MiB).
-    fn sweep_temporary(dir: &Path) {
+    pub(crate) fn sweep_temporary(dir: &Path) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         let mine = format!(".{}.tmp", std::process::id());
         for e in entries.flatten() {

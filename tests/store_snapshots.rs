@@ -202,3 +202,42 @@ fn snapshots_are_due_every_quarter_of_the_log_within_bounds() {
     assert!(!snapshot_due(10_000_000, 9_800_000));
     assert!(snapshot_due(10_050_000, 9_800_000));
 }
+
+/// Readers write nothing (not even a snapshot, however long the log); a writer's open removes the
+/// temporary snapshot files a killed writer left, and writes one at close when due.
+#[test]
+fn readers_write_nothing_and_writers_sweep_stale_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let (st, _) = Store::open(&log, opts()).unwrap();
+    for n in 0..300 {
+        request(&st, n);
+    }
+    st.flush().unwrap().map(|p| p.wait().unwrap());
+    // Close without the writer's snapshot: as if it had been killed.
+    let last = st.state().last_seq;
+    assert!(store::snapshot_due(last, 0), "{last} events are enough for a snapshot");
+    drop(st);
+    let snaps = log.join(snapshots::DIR);
+    std::fs::create_dir_all(&snaps).unwrap();
+    let stale = snaps.join(format!("{last:020}.snap.999999999.tmp"));
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+    for args in [&["status"][..], &["builds"], &["verify"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_databuild"))
+            .args(args)
+            .arg("--log")
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(snapshots::list(&log).is_empty(), "a reader wrote a snapshot");
+    assert!(stale.exists(), "a reader removed a file");
+    let (st, _) = Store::open(&log, opts()).unwrap();
+    assert!(!stale.exists(), "the writer's open sweeps temporary files of dead writers");
+    st.close().unwrap();
+    assert_eq!(snapshots::list(&log).first().map(|s| s.0), Some(last), "written at close");
+    let left: Vec<_> =
+        std::fs::read_dir(&snaps).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}
