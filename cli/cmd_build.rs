@@ -121,7 +121,8 @@ pub fn build(ctx: &Ctx, a: BuildArgs) -> Result<u8, CliError> {
     }
     let store = Arc::new(open_store(ctx, a.wait)?);
     crate::cmd_recover::reconcile_before_build(ctx, &store)?;
-    let progress = Arc::new(Progress::new(ctx.quiet || ctx.format == Format::Json));
+    let progress =
+        Arc::new(Progress::new(ctx.quiet || ctx.format == Format::Json).verbose(ctx.verbose > 0));
     let observer: Arc<dyn Observer> = progress.clone();
     let started = Instant::now();
     let spec = BuildSpec { refs: a.refs.clone(), force: a.force };
@@ -158,6 +159,11 @@ pub fn analyze(ctx: &Ctx, a: AnalyzeArgs) -> Result<u8, CliError> {
     let plan = rt
         .block_on(request::analyze(&graph, state, &a.refs, a.force, jobs))
         .map_err(|e| exit::plan_error(&e))?;
+    if ctx.verbose > 0 {
+        for l in crate::progress::dropped_lines(&plan.dropped) {
+            eprintln!("{l}");
+        }
+    }
     match ctx.format {
         Format::Json => out(&json(&plan.job_graph())),
         Format::Text => analyze_text(&graph, &plan),

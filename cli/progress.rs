@@ -26,6 +26,7 @@ pub struct Progress {
     quiet: bool,
     counts: Mutex<Counts>,
     started: Instant,
+    verbose: bool,
 }
 
 impl Progress {
@@ -41,7 +42,19 @@ impl Progress {
             b.enable_steady_tick(std::time::Duration::from_millis(120));
             b
         });
-        Progress { bar, quiet, counts: Mutex::new(Counts::default()), started: Instant::now() }
+        Progress {
+            bar,
+            quiet,
+            counts: Mutex::new(Counts::default()),
+            started: Instant::now(),
+            verbose: false,
+        }
+    }
+
+    /// With `-v`: also lists what planning dropped.
+    pub fn verbose(mut self, verbose: bool) -> Progress {
+        self.verbose = verbose;
+        self
     }
 
     fn line(&self, s: String) {
@@ -85,11 +98,30 @@ fn outputs(o: &[String]) -> String {
     s
 }
 
+/// What planning dropped, one line per config (for `-v`).
+pub fn dropped_lines(dropped: &[databuild::planner::Dropped]) -> Vec<String> {
+    dropped
+        .iter()
+        .map(|d| {
+            format!(
+                "dropped a config of {} for {}: not asked for (or AVAILABLE), so not run",
+                d.job,
+                outputs(&d.outputs)
+            )
+        })
+        .collect()
+}
+
 impl Observer for Progress {
     fn note(&self, note: Note) {
         let mut c = self.counts.lock();
         match note {
-            Note::Planned { tasks, skipped, .. } => {
+            Note::Planned { tasks, skipped, dropped, .. } => {
+                if self.verbose {
+                    for l in dropped_lines(&dropped) {
+                        self.line(l);
+                    }
+                }
                 c.total = tasks;
                 c.skipped = skipped;
                 let plural = |n: usize, one: &str, many: &str| {

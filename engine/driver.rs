@@ -69,6 +69,8 @@ pub enum Note {
         tasks: usize,
         /// Partitions skipped as AVAILABLE.
         skipped: usize,
+        /// Configs `config` answered that nothing needs, dropped from the plan.
+        dropped: Vec<crate::planner::Dropped>,
     },
     /// A job run started (its JOB_RUNNING is durable and it was released).
     Started {

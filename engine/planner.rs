@@ -83,6 +83,20 @@ pub struct Plan {
     pub satisfied: Vec<String>,
     /// The node producing each planned ref.
     pub producer: HashMap<String, usize>,
+    /// Configs a `config` call answered that nothing needs (their outputs were not asked for, or
+    /// are AVAILABLE): dropped, never run.
+    pub dropped: Vec<Dropped>,
+}
+
+/// A config answered by a `config` call and dropped from the plan: none of its outputs was
+/// needed (not asked of that call and not waiting to be planned), so running it would rebuild
+/// partitions nobody asked for, AVAILABLE ones included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    /// The job's label.
+    pub job: String,
+    /// The config's outputs.
+    pub outputs: Vec<String>,
 }
 
 impl Plan {
@@ -169,6 +183,7 @@ pub struct Planner<'g> {
     satisfied: BTreeSet<String>,
     nodes: Vec<Node>,
     producer: HashMap<String, usize>,
+    dropped: Vec<Dropped>,
 }
 
 impl<'g> Planner<'g> {
@@ -191,6 +206,7 @@ impl<'g> Planner<'g> {
             satisfied: BTreeSet::new(),
             nodes: Vec::new(),
             producer: HashMap::new(),
+            dropped: Vec::new(),
         };
         for r in requested {
             if p.seen.insert(r.clone()) {
@@ -223,10 +239,24 @@ impl<'g> Planner<'g> {
     }
 
     /// Takes a (validated) answer to `call`: adds its tasks and queues their MATERIALIZE inputs.
+    /// A config none of whose outputs is needed (asked of this call, or waiting in the worklist
+    /// for a call of its own) is dropped: a `config` may answer for a whole batch, and running
+    /// what nobody asked for would rebuild AVAILABLE partitions without `--force`.
     pub fn answer(&mut self, call: &ConfigCall, configs: Vec<JobConfig>) -> Result<(), PlanError> {
         let job = &self.graph.jobs[call.job].label;
+        let asked: HashSet<&str> = call.refs.iter().map(String::as_str).collect();
         for c in configs {
             let n = node(job.clone(), c);
+            let needed = n.outputs.iter().any(|o| {
+                asked.contains(o.as_str())
+                    || (self.seen.contains(o)
+                        && !self.satisfied.contains(o)
+                        && !self.producer.contains_key(o))
+            });
+            if !needed {
+                self.dropped.push(Dropped { job: job.clone(), outputs: n.outputs });
+                continue;
+            }
             // Identical duplicates merge; a ref from two different configs is an error.
             match n.outputs.iter().find_map(|o| self.producer.get(o).copied()) {
                 Some(existing) if self.nodes[existing].config == n.config => continue,
@@ -260,7 +290,10 @@ impl<'g> Planner<'g> {
 
     /// The plan, with tasks sorted topologically.
     pub fn finish(self) -> Result<Plan, PlanError> {
-        finish(self.graph.label.clone(), self.requested, self.nodes, self.satisfied)
+        let mut plan =
+            finish(self.graph.label.clone(), self.requested, self.nodes, self.satisfied)?;
+        plan.dropped = self.dropped;
+        Ok(plan)
     }
 }
 
@@ -341,6 +374,7 @@ fn finish(
         nodes: sorted,
         satisfied: satisfied.into_iter().collect(),
         producer,
+        dropped: Vec::new(),
     })
 }
 

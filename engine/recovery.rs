@@ -456,9 +456,10 @@ pub async fn recover(
         {
             Ok(plan) => {
                 let tasks = plan.nodes.len();
+                let dropped = plan.dropped.clone();
                 let (events, exec, skipped) = crate::driver::plan_commit(&store, &req, plan);
                 store.stage(events)?;
-                observer.note(Note::Planned { request: req.clone(), tasks, skipped });
+                observer.note(Note::Planned { request: req.clone(), tasks, skipped, dropped });
                 resume.execs.push(exec);
             }
             Err(e) => {

@@ -121,9 +121,10 @@ pub async fn build(
         }
     };
     let tasks = plan.nodes.len();
+    let dropped = plan.dropped.clone();
     let (events, exec, skipped) = crate::driver::plan_commit(&store, &req, plan);
     // The plan commit is submitted by the driver, with the first jobs' JOB_RUNNING.
-    observer.note(Note::Planned { request: req.clone(), tasks, skipped });
+    observer.note(Note::Planned { request: req.clone(), tasks, skipped, dropped });
     let outcome = Driver::new(store, graph, settings, observer, vec![exec], events).run().await?;
     Ok((req, outcome))
 }

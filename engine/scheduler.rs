@@ -147,6 +147,7 @@ mod tests {
                 .collect(),
             satisfied: vec![],
             producer: Default::default(),
+            dropped: vec![],
         }
     }
 

@@ -64,3 +64,39 @@ fn a_snapshot_of_a_cut_history_is_never_used() {
     e.run(&["build", "old/0"]).ok();
     assert_eq!(e.ledger().iter().filter(|l| *l == "old/0").count(), 2);
 }
+
+/// A "configure the whole batch" config (asked `many/4`, it answers for `many/0..4`): only what
+/// was asked runs, AVAILABLE partitions are never rebuilt without `--force`, and `-v` says what
+/// was dropped.
+#[test]
+fn a_config_answering_for_more_refs_than_asked_runs_only_what_is_needed() {
+    let e = Env::generic(&[("many", r"many/\d+")]);
+    e.run(&["build", "many/0", "many/1"]).ok();
+    // From now on, every call answers for many/0..=N, whatever N was asked.
+    e.script(
+        "jobs/batch.sh",
+        r#"#!/bin/sh
+if [ "$1" = config ]; then
+  shift; n=0; for r in "$@"; do [ ${r#many/} -gt $n ] && n=${r#many/}; done
+  printf '{"configs":['; sep=
+  i=0; while [ $i -le $n ]; do
+    printf '%s{"outputs":[{"str":"many/%s"}],"args":["many/%s"]}' "$sep" $i $i; sep=,; i=$((i+1))
+  done; printf ']}\n'; exit 0
+fi
+exec jobs/generic.sh "$@"
+"#,
+    );
+    let toml = e.read("databuild.toml").replace("jobs/generic.sh", "jobs/batch.sh");
+    e.write("databuild.toml", &toml);
+    let plan = e.run(&["analyze", "many/4", "--format", "json"]).ok().stdout.clone();
+    let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["nodes"].as_array().map(Vec::len), Some(1), "one job for one ref: {plan}");
+    let out = e.run(&["-v", "build", "many/4"]);
+    out.ok();
+    assert!(out.stderr.contains("dropped a config of many for many/0"), "{}", out.stderr);
+    assert_eq!(e.ledger(), ["many/0", "many/1", "many/4"], "nothing AVAILABLE or unasked ran");
+    // Asked for several, only those run; forced, the forced one runs again.
+    e.run(&["build", "many/2", "many/3"]).ok();
+    e.run(&["build", "--force", "many/1"]).ok();
+    assert_eq!(e.ledger(), ["many/0", "many/1", "many/4", "many/2", "many/3", "many/1"]);
+}
