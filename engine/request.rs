@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::driver::{Driver, DriverError, Note, Observer, Outcome, Settings};
+use crate::driver::{Driver, DriverError, Note, Observer, Outcome, RequestEnd, Settings};
 use crate::events as ev;
 use crate::graph::{Graph, LookupError};
 use crate::planner::{self, Plan, PlanError};
@@ -90,23 +90,62 @@ pub async fn build(
                 .is_some_and(|f| f.status == PartitionStatus::PartitionAvailable)
         })
     };
-    if all_available {
+    // Signals are handled from the moment the request exists: a signal while `config` runs
+    // records the request CANCELLED (and stops the calls) instead of killing the engine.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DriverError::Setup)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DriverError::Setup)?;
+    let mut accept = if all_available {
         store.stage(accepted)?;
+        None
     } else {
-        drop(store.submit(accepted)?);
-    }
+        Some(Box::pin(store.submit(accepted)?.durable()))
+    };
 
     let config_logs = settings.logs_dir.join(&req).join("config");
-    let planned = planner::plan(
-        &graph,
-        &*store,
-        &refs,
-        spec.force,
-        settings.jobs,
-        Some(&req),
-        Some(&config_logs),
-    )
-    .await;
+    enum Stop {
+        Planned(Result<Plan, PlanError>),
+        LogFailed(databuild_log::AppendError),
+        Signal(i32),
+    }
+    let stop = {
+        let planning = planner::plan(
+            &graph,
+            &*store,
+            &refs,
+            spec.force,
+            settings.jobs,
+            Some(&req),
+            Some(&config_logs),
+        );
+        tokio::pin!(planning);
+        loop {
+            let accepted = async {
+                match accept.as_mut() {
+                    Some(a) => a.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                p = &mut planning => break Stop::Planned(p),
+                r = accepted => {
+                    accept = None;
+                    // A log that failed (disk full, I/O error) ends the request at once.
+                    if let Err(e) = r {
+                        break Stop::LogFailed(e);
+                    }
+                }
+                _ = sigint.recv() => break Stop::Signal(crate::sys::SIGINT),
+                _ = sigterm.recv() => break Stop::Signal(crate::sys::SIGTERM),
+            }
+        }
+        // The planning future is dropped here: its `config` calls are stopped.
+    };
+    let planned = match stop {
+        Stop::Planned(p) => p,
+        Stop::LogFailed(e) => return Err(BuildError::Commit(CommitError::Append(e))),
+        Stop::Signal(sig) => return cancel_planning(&store, &req, &refs, &*observer, sig).await,
+    };
     let plan = match planned {
         Ok(p) => p,
         Err(e) => {
@@ -127,4 +166,34 @@ pub async fn build(
     observer.note(Note::Planned { request: req.clone(), tasks, skipped, dropped });
     let outcome = Driver::new(store, graph, settings, observer, vec![exec], events).run().await?;
     Ok((req, outcome))
+}
+
+/// Records a request cancelled by `signal` while it was being planned: its requested partitions
+/// FAILED ("cancelled"), the request CANCELLED.
+async fn cancel_planning(
+    store: &Store,
+    req: &str,
+    refs: &[String],
+    observer: &dyn Observer,
+    signal: i32,
+) -> Result<(String, Outcome), BuildError> {
+    observer.note(Note::Cancelling { signal });
+    let message = "cancelled by signal";
+    let mut events: Vec<_> = refs
+        .iter()
+        .map(|r| ev::partition(req, r, PartitionStatus::PartitionFailed, "", "cancelled"))
+        .collect();
+    events.push(ev::request(req, BuildRequestStatus::BuildRequestCancelled, message));
+    store.commit(events).await?;
+    let end = RequestEnd {
+        request: req.to_string(),
+        status: BuildRequestStatus::BuildRequestCancelled,
+        message: message.to_string(),
+    };
+    observer.note(Note::Done {
+        request: req.to_string(),
+        status: end.status,
+        message: end.message.clone(),
+    });
+    Ok((req.to_string(), Outcome { requests: vec![end], signal: Some(signal) }))
 }

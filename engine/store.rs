@@ -356,6 +356,11 @@ impl Store {
         let target = self.writer.next_seq();
         let mut rx = self.writer.subscribe();
         while *rx.borrow_and_update() < target && self.writer.durable_end().next_seq < target {
+            // A stopped writer (an I/O error, disk full) never gets there: the state cannot be
+            // restored, and the caller reports the log's failure (exit 3) instead of waiting.
+            if let Some(e) = self.writer.failure() {
+                return Err(CommitError::Append(e));
+            }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let mut fresh = State::new();

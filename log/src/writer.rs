@@ -578,6 +578,16 @@ impl Writer {
         self.shared.queue.lock().next_seq
     }
 
+    /// Why the writer accepts nothing more, if it stopped: poisoned by an I/O error, or closed.
+    /// Nothing it was given after that becomes durable, so nobody should wait for it.
+    pub fn failure(&self) -> Option<AppendError> {
+        match &self.shared.queue.lock().status {
+            Status::Open => None,
+            Status::Stopped(e) => Some(e.clone()),
+            Status::Closing | Status::Halting => Some(AppendError::Closed),
+        }
+    }
+
     /// The durable end as published to readers.
     pub fn durable_end(&self) -> End {
         self.shared.end()

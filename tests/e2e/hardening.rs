@@ -100,3 +100,79 @@ exec jobs/generic.sh "$@"
     e.run(&["build", "--force", "many/1"]).ok();
     assert_eq!(e.ledger(), ["many/0", "many/1", "many/4", "many/2", "many/3", "many/1"]);
 }
+
+/// Runs databuild with the size of any file it writes capped at the log's current size (as if the
+/// disk were full for the log): `ulimit -f` and SIGXFSZ ignored, so writes fail with EFBIG.
+fn run_with_full_disk(e: &Env, args: &[&str]) -> Out {
+    let seg = e.log_dir().join("0000000000000000.seg");
+    let blocks = std::fs::metadata(&seg).unwrap().len().div_ceil(512);
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(format!("ulimit -f {blocks}; trap '' XFSZ; exec \"$0\" \"$@\""))
+        .arg(BIN)
+        .args(args)
+        .current_dir(e.path())
+        .env_remove("DATABUILD_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    finish(c.spawn().unwrap(), DEADLINE)
+}
+
+/// A log that fails while a request is being planned (disk full) ends the request at once with
+/// the contract's exit 3 line; it neither spins nor holds the lock.
+#[test]
+fn a_log_failing_while_planning_ends_the_build_at_once() {
+    let e = Env::generic(&[("raw", r"raw/\d+")]);
+    e.run(&["build", "raw/0"]).ok();
+    // Planning takes a while: the accepted request's write fails meanwhile.
+    e.write("config_sleep", "");
+    let job = e.read("jobs/generic.sh").replace(
+        "if [ \"$cmd\" = config ]; then\n",
+        "if [ \"$cmd\" = config ]; then\n  [ -f config_sleep ] && sleep 2\n",
+    );
+    e.script("jobs/generic.sh", &job);
+    let started = std::time::Instant::now();
+    let out = run_with_full_disk(&e, &["build", "raw/1"]);
+    out.code(3);
+    assert!(out.error_line().contains("log"), "{}", out.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+    // Nothing is held: the next writer opens, and the log is sound.
+    e.run(&["verify"]).ok();
+    std::fs::remove_file(e.path().join("config_sleep")).unwrap();
+    e.run(&["build", "raw/1"]).ok();
+    // With planning done before the failure shows (no config call): the same.
+    let out = run_with_full_disk(&e, &["build", "raw/2"]);
+    out.code(3);
+    e.run(&["verify"]).ok();
+}
+
+/// SIGINT/SIGTERM while `config` runs: the request is recorded CANCELLED (so `recover` does not
+/// plan it again), the config process is stopped, and the exit code is 130/143.
+#[test]
+fn a_signal_while_planning_cancels_the_request() {
+    for (sig, code) in [("TERM", 143), ("INT", 130)] {
+        let e = Env::generic(&[("raw", r"raw/\d+")]);
+        let job = e.read("jobs/generic.sh").replace(
+            "if [ \"$cmd\" = config ]; then\n",
+            "if [ \"$cmd\" = config ]; then\n  touch config_started; exec sleep 31.25\n",
+        );
+        e.script("jobs/generic.sh", &job);
+        let child = e.spawn(&["build", "raw/1"], &[]);
+        wait_until("config started", || e.exists("config_started"));
+        signal(&child, sig);
+        let out = finish(child, DEADLINE);
+        out.code(code);
+        assert!(out.error_line().contains("cancelled"), "{}", out.stderr);
+        let builds = e.run(&["builds", "--format", "json"]).ok().json_lines();
+        assert_eq!(builds.len(), 1);
+        assert_eq!(builds[0]["status"], "BUILD_REQUEST_CANCELLED", "{:?}", builds[0]);
+        let st = std::process::Command::new("pgrep").args(["-f", "sleep 31.25"]).output().unwrap();
+        assert!(!st.status.success(), "the config process outlived the build");
+        let r = e.run(&["recover"]);
+        r.ok();
+        assert!(!e.exists("ledger.txt"), "nothing ran");
+        e.run(&["verify"]).ok();
+    }
+}
