@@ -176,11 +176,12 @@ pub struct Exec {
     pub plan: Plan,
     /// Where each task stands.
     pub nodes: Vec<NodeState>,
-    /// The attempt number each task's next run gets (a run stopped by a crash is re-run under
-    /// the same attempt number: no retry is consumed).
+    /// The attempt number each task's next run gets (a run stopped by the first crash is re-run
+    /// under the same attempt number; later crash-stopped runs count as attempts).
     pub next_attempt: Vec<u32>,
     finished: bool,
-    failures: Vec<String>,
+    /// Why tasks failed, first first (the request's final message names the first).
+    pub failures: Vec<String>,
 }
 
 impl Exec {

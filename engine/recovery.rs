@@ -165,9 +165,13 @@ pub enum ResumeError {
 ///   A task whose outputs are all AVAILABLE by facts the request may rely on (any fact; with
 ///   `force`, only facts newer than its RECEIVED) is done if this request built them, else
 ///   delegated to the request that did, with JOB_SKIPPED. A task whose last run was stopped by
-///   the crash gets a new run under the same attempt number. Genuine failures stay failures. A
+///   the crash gets a new run under the same attempt number the first time; a task stopped by
+///   crashes again counts each later crash as an attempt (a job that kills the engine, or
+///   gets it OOM-killed, is not re-run forever) and fails once its retries are spent. Genuine
+///   failures stay failures. A
 ///   task whose outputs an older resumed request is building is actively delegated to it.
-pub fn prepare_resume(store: &Store, graph_digest: &str) -> Result<Resume, ResumeError> {
+pub fn prepare_resume(store: &Store, jobs: &crate::graph::Graph) -> Result<Resume, ResumeError> {
+    let graph_digest = jobs.digest.as_str();
     use crate::driver::Exec;
     use crate::planner::Plan;
     use crate::proto::BuildRequestStatus as B;
@@ -240,6 +244,7 @@ pub fn prepare_resume(store: &Store, graph_digest: &str) -> Result<Resume, Resum
             let state = store.state();
             // The runs of this request, by task (a task is identified by its first output).
             let mut last_run: Vec<Option<&Run>> = vec![None; exec.plan.nodes.len()];
+            let mut crash_stops: Vec<u32> = vec![0; exec.plan.nodes.len()];
             for id in &r.runs {
                 let Some(run) = state.runs.get(&**id) else { continue };
                 if run.status == JobStatus::JobSkipped {
@@ -247,6 +252,11 @@ pub fn prepare_resume(store: &Store, graph_digest: &str) -> Result<Resume, Resum
                 }
                 if let Some(&n) = run.targets.first().and_then(|t| exec.plan.producer.get(&**t)) {
                     last_run[n] = Some(run);
+                    if run.status == JobStatus::JobFailed
+                        && run.failure == JobFailureKind::JobFailureEngineStopped
+                    {
+                        crash_stops[n] += 1;
+                    }
                 }
             }
             let relied_on = |p: &str| {
@@ -315,7 +325,26 @@ pub fn prepare_resume(store: &Store, graph_digest: &str) -> Result<Resume, Resum
                     Some(x) if x.status == JobStatus::JobCancelled => {
                         exec.nodes[n] = NodeState::Cancelled
                     }
-                    Some(x) => exec.next_attempt[n] = x.attempt.max(1),
+                    Some(x) => {
+                        // Stopped by a crash. The first crash costs no retry; each later one
+                        // counts as an attempt.
+                        let next =
+                            if crash_stops[n] <= 1 { x.attempt.max(1) } else { x.attempt + 1 };
+                        let node = &exec.plan.nodes[n];
+                        let retries = jobs.job(&node.job).map_or(0, |j| jobs.jobs[j].retries);
+                        if next > 1 + retries {
+                            exec.nodes[n] = NodeState::Failed;
+                            exec.failures.push(format!(
+                                "job {} for {} was running each of the {} times the engine died (last run {}); it is not run again: it may be what kills the engine (out of memory, or a signal to its parent)",
+                                node.job,
+                                node.outputs.first().map_or("", String::as_str),
+                                crash_stops[n],
+                                x.id
+                            ));
+                        } else {
+                            exec.next_attempt[n] = next;
+                        }
+                    }
                     None => {}
                 }
             }
@@ -438,7 +467,7 @@ pub async fn recover(
     let reconciled = tokio::task::spawn_blocking(move || reconcile(&s, grace))
         .await
         .map_err(|e| CommitError::Restore(e.to_string()))??;
-    let mut resume = prepare_resume(&store, &graph.digest)?;
+    let mut resume = prepare_resume(&store, &graph)?;
     let mut ended: Vec<RequestEnd> = Vec::new();
     // Requests that crashed before their plan was recorded are planned again, as recorded.
     for (req, refs, force) in std::mem::take(&mut resume.replan) {

@@ -176,3 +176,32 @@ fn a_signal_while_planning_cancels_the_request() {
         e.run(&["verify"]).ok();
     }
 }
+
+/// A job that gets the engine killed (`kill -9 $PPID`, or the OOM killer) is not re-run by every
+/// `recover` forever: the first crash costs no retry, later ones count as attempts, and then the
+/// request fails saying why.
+#[test]
+fn a_job_that_kills_the_engine_is_not_rerun_forever() {
+    let e = Env::generic(&[("raw", r"raw/\d+"), ("top", r"top/\d+")]);
+    e.dep("top/1", "MATERIALIZE", "raw/1");
+    let job = e.read("jobs/generic.sh").replace(
+        "r=$1\necho \"$r\" >> ledger.txt\n",
+        "r=$1\necho \"$r\" >> ledger.txt\n[ \"$r\" = raw/1 ] && { kill -9 $PPID; sleep 30; }\n",
+    );
+    e.script("jobs/generic.sh", &job);
+    let out = e.run(&["build", "top/1"]);
+    assert_eq!(out.code, 137, "the job killed the engine: {} {}", out.stdout, out.stderr);
+    let out = e.run(&["recover"]);
+    assert_eq!(out.code, 137, "the first crash costs no retry: it runs again: {}", out.stderr);
+    let out = e.run(&["recover"]);
+    out.code(1);
+    assert_eq!(e.ledger(), ["raw/1", "raw/1"]);
+    let builds = e.run(&["builds", "--format", "json"]).ok().json_lines();
+    assert_eq!(builds[0]["status"], "BUILD_REQUEST_FAILED", "{:?}", builds[0]);
+    let why = builds[0].to_string();
+    assert!(why.contains("each of the 2 times the engine died"), "{why}");
+    // Nothing is left to resume; the log is sound.
+    e.run(&["recover"]).ok();
+    assert_eq!(e.ledger().len(), 2);
+    e.run(&["verify"]).ok();
+}
