@@ -131,6 +131,12 @@ pub fn plan_error(e: &PlanError) -> CliError {
         PlanError::Config(c) => {
             let hint = match c.kind {
                 ConfigErrorKind::Spawn(_) => "check the entrypoint",
+                ConfigErrorKind::Timeout(_) => {
+                    "make the job's config answer sooner (it must not wait on anything long-running), or raise config_timeout_seconds in the graph file"
+                }
+                ConfigErrorKind::Limit(_) => {
+                    "check what the job's config prints: one JobConfigureResponse on stdout, then it must exit"
+                }
                 _ => "fix the job's config output (see its stderr below, and `databuild analyze`)",
             };
             let mut err = CliError::bad_input(format!("{c}; {hint}"));

@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 /// The file name looked for in the current directory and its parents.
 pub const GRAPH_FILE: &str = "databuild.toml";
+/// How long a `config` call may run when the graph file sets no `config_timeout_seconds`.
+pub const CONFIG_TIMEOUT_DEFAULT: Duration = Duration::from_secs(600);
 
 /// One job of the graph.
 #[derive(Clone, Debug)]
@@ -30,6 +32,8 @@ pub struct Job {
     pub env: BTreeMap<String, String>,
     /// `exec` is stopped after this long.
     pub timeout: Option<Duration>,
+    /// A `config` call is stopped after this long (always bounded).
+    pub config_timeout: Duration,
     /// Extra `exec` attempts after a failure.
     pub retries: u32,
     /// At most this many `exec` runs of this job at once.
@@ -130,6 +134,7 @@ struct JobToml {
     #[serde(default)]
     env: BTreeMap<String, String>,
     timeout_seconds: Option<u64>,
+    config_timeout_seconds: Option<u64>,
     retries: Option<u32>,
     max_concurrency: Option<u32>,
 }
@@ -259,6 +264,9 @@ impl Graph {
             if j.timeout_seconds == Some(0) {
                 return Err(job_err("key 'timeout_seconds' must be at least 1".into()));
             }
+            if j.config_timeout_seconds == Some(0) {
+                return Err(job_err("key 'config_timeout_seconds' must be at least 1".into()));
+            }
             if j.max_concurrency == Some(0) {
                 return Err(job_err("key 'max_concurrency' must be at least 1".into()));
             }
@@ -274,6 +282,9 @@ impl Graph {
                 patterns: j.partition_patterns,
                 env: j.env,
                 timeout: j.timeout_seconds.map(Duration::from_secs),
+                config_timeout: j
+                    .config_timeout_seconds
+                    .map_or(CONFIG_TIMEOUT_DEFAULT, Duration::from_secs),
                 retries: j.retries.unwrap_or(0),
                 max_concurrency: j.max_concurrency,
             });
@@ -434,6 +445,14 @@ partition_patterns = ['data/1\d*']
             (
                 "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['x']\ntimeout_seconds=0\n",
                 "timeout_seconds",
+            ),
+            (
+                "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['x']\nconfig_timeout_seconds=0\n",
+                "job 'a': key 'config_timeout_seconds' must be at least 1",
+            ),
+            (
+                "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['x']\nconfig_timeout_seconds=-5\n",
+                "job 'a': invalid value",
             ),
             (
                 "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns='x'\n",
