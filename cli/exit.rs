@@ -118,7 +118,7 @@ pub fn lookup_error(e: &LookupError) -> CliError {
         }
         LookupError::Conflict(..) => "; make the jobs' partition_patterns disjoint",
         LookupError::Invalid(..) => {
-            "; refs are non-empty, without whitespace or control characters"
+            "; refs are non-empty, without whitespace, control, invisible or bidi characters"
         }
         _ => "",
     };
