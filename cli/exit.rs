@@ -58,13 +58,15 @@ impl CliError {
 
     /// Prints the error to stderr.
     pub fn print(&self) {
-        if self.line.starts_with("internal error:") {
-            eprintln!("{}", self.line);
+        // The line and details can carry refs, labels and a job's stderr: shown escaped.
+        let line = crate::render::safe(&self.line);
+        if line.starts_with("internal error:") {
+            eprintln!("{line}");
         } else {
-            eprintln!("error: {}", self.line);
+            eprintln!("error: {line}");
         }
         for d in &self.detail {
-            eprintln!("    {d}");
+            eprintln!("    {}", crate::render::safe_output(d));
         }
     }
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod build;
 mod concurrency;
 mod hardening_config;
+mod hardening_input;
 mod history;
 mod kill;
 mod log_damage;
