@@ -58,11 +58,11 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
             let color = render::color_stdout();
             out(&format!(
                 "{}  {}  ({})",
-                e.partition,
+                render::safe(&e.partition),
                 render::paint(color, short(e.status.as_str_name())),
                 e.reason.as_str()
             ));
-            out(&format!("  {}", e.message));
+            out(&format!("  {}", render::safe(&e.message)));
             if let Some(c) = e.exit_code {
                 out(&format!("  exit code {c}"));
             }
@@ -72,7 +72,7 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
                     e.job_run_id
                 ));
                 for l in tail {
-                    out(&format!("    {l}"));
+                    out(&format!("    {}", render::safe_output(&l)));
                 }
             }
         }
@@ -175,7 +175,7 @@ pub fn jobs(ctx: &Ctx, a: JobsArgs) -> Result<u8, CliError> {
                     render::status_cell(color, r.status.as_str_name()),
                     (started.clone(), started.len()),
                     (d.clone(), d.len()),
-                    (r.message.clone(), r.message.chars().count()),
+                    render::cell(&r.message),
                 ]);
             }
             t.print();

@@ -64,7 +64,11 @@ pub fn print_outcome(ctx: &Ctx, outcome: &Outcome, elapsed: std::time::Duration,
             })));
         } else if !ctx.quiet || r.status != BuildRequestStatus::BuildRequestCompleted {
             let word = render::paint(render::color_stdout(), render::short(r.status.as_str_name()));
-            let msg = if r.message.is_empty() { String::new() } else { format!(": {}", r.message) };
+            let msg = if r.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", render::safe(&r.message))
+            };
             out(&format!(
                 "{verb} {word} in {} (build request {}){msg}",
                 render::duration(elapsed),
@@ -173,29 +177,31 @@ pub fn analyze(ctx: &Ctx, a: AnalyzeArgs) -> Result<u8, CliError> {
 }
 
 fn analyze_text(graph: &Graph, plan: &Plan) {
-    out(&format!(
+    // Every line carries labels, refs or config args: shown escaped.
+    let out = |s: String| out(&render::safe(&s));
+    out(format!(
         "graph {}: {} jobs to run for {}",
         graph.label,
         plan.nodes.len(),
         plan.requested.join(" ")
     ));
     for (i, n) in plan.nodes.iter().enumerate() {
-        out(&format!("{:>4}. {}  -> {}", i + 1, n.job, n.outputs.join(" ")));
+        out(format!("{:>4}. {}  -> {}", i + 1, n.job, n.outputs.join(" ")));
         for m in &n.materialize {
             let how = if plan.satisfied.contains(m) { "available" } else { "built above" };
-            out(&format!("        needs {m} ({how})"));
+            out(format!("        needs {m} ({how})"));
         }
         for q in &n.query {
-            out(&format!("        reads {q} (query, not built)"));
+            out(format!("        reads {q} (query, not built)"));
         }
         if !n.config.args.is_empty() {
-            out(&format!("        args {}", n.config.args.join(" ")));
+            out(format!("        args {}", n.config.args.join(" ")));
         }
     }
     if !plan.satisfied.is_empty() {
-        out(&format!("already available ({}):", plan.satisfied.len()));
+        out(format!("already available ({}):", plan.satisfied.len()));
         for s in &plan.satisfied {
-            out(&format!("        {s}"));
+            out(format!("        {s}"));
         }
     }
 }

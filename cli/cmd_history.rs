@@ -240,9 +240,8 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
             for r in rows {
                 let seq = if r.seq > 0 { r.seq.to_string() } else { "-".into() };
                 let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
-                let (p, n) = (r.partition.clone(), r.partition.chars().count());
                 t.row(vec![
-                    (p, n),
+                    render::cell(&r.partition),
                     render::status_cell(color, r.status.as_str_name()),
                     (seq.clone(), seq.len()),
                     (dash(r.job_run_id.clone()), dash(r.job_run_id).len()),
@@ -312,7 +311,7 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
                     render::status_cell(color, r.status.as_str_name()),
                     (received.clone(), received.len()),
                     (d.clone(), d.len()),
-                    (requested.clone(), requested.chars().count()),
+                    render::cell(&requested),
                 ]);
             }
             t.print();
@@ -363,11 +362,15 @@ fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Resu
             out(&format!(
                 "  status     {}{}",
                 render::paint(color, short(r.status.as_str_name())),
-                if r.message.is_empty() { String::new() } else { format!(" - {}", r.message) }
+                if r.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" - {}", render::safe(&r.message))
+                }
             ));
             out(&format!(
                 "  requested  {}{}",
-                r.requested.join(" "),
+                render::safe(&r.requested.join(" ")),
                 if r.force { " (--force)" } else { "" }
             ));
             out(&format!(
@@ -400,12 +403,12 @@ fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Resu
                 let att = if run.attempt == 0 { "-".to_string() } else { run.attempt.to_string() };
                 t.row(vec![
                     (run.id.to_string(), run.id.len()),
-                    (run.job_label.to_string(), run.job_label.chars().count()),
+                    render::cell(&run.job_label),
                     render::status_cell(color, run.status.as_str_name()),
                     (att.clone(), att.len()),
                     (d.clone(), d.len()),
-                    (outs.clone(), outs.chars().count()),
-                    (run.message.clone(), run.message.chars().count()),
+                    render::cell(&outs),
+                    render::cell(&run.message),
                 ]);
             }
             t.print();
@@ -414,10 +417,10 @@ fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Resu
             for (p, k) in keys {
                 let seq = k.seq.to_string();
                 t.row(vec![
-                    (p.to_string(), p.chars().count()),
+                    render::cell(p),
                     render::status_cell(color, k.status.as_str_name()),
                     (seq.clone(), seq.len()),
-                    (k.message.clone(), k.message.chars().count()),
+                    render::cell(&k.message),
                 ]);
             }
             t.print();
@@ -554,7 +557,7 @@ fn lineage_text(
     if again {
         line.push_str("  (see above)");
     }
-    out(&line);
+    out(&render::safe(&line));
     let child_prefix = if root {
         prefix.to_string()
     } else if last {
@@ -575,7 +578,7 @@ fn lineage_text(
             ));
         }
         let bar = if n.children.is_empty() { "   " } else { "│  " };
-        out(&format!("{child_prefix}{bar}config: {cfg}"));
+        out(&format!("{child_prefix}{bar}config: {}", render::safe(&cfg)));
     }
     if again {
         return;
@@ -660,12 +663,12 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
     out(&format!(
         "== job run {} ({}, build request {}, {}) ==",
         run.id,
-        run.job_label,
+        render::safe(&run.job_label),
         run.request,
         short(run.status.as_str_name())
     ));
     if run.status == JobStatus::JobSkipped {
-        out(&format!("skipped: {}", run.message));
+        out(&format!("skipped: {}", render::safe(&run.message)));
         return Ok(exit::SUCCESS);
     }
     let mut any = false;
@@ -675,8 +678,10 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
                 any = true;
                 out(&format!("-- {name} --"));
                 let text = String::from_utf8_lossy(&bytes);
+                // The job's own text, kept line by line with its tabs; anything that would
+                // drive the terminal is shown escaped (the files keep the raw bytes).
                 for line in text.lines() {
-                    out(line);
+                    out(&render::safe_output(line));
                 }
             }
             Err(_) => continue,
@@ -690,7 +695,7 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
     }
     if !run.message.is_empty() {
         out(&format!("-- {} --", short(run.status.as_str_name()).to_lowercase()));
-        out(&run.message);
+        out(&render::safe_output(&run.message));
     }
     Ok(exit::SUCCESS)
 }

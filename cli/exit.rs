@@ -58,13 +58,15 @@ impl CliError {
 
     /// Prints the error to stderr.
     pub fn print(&self) {
-        if self.line.starts_with("internal error:") {
-            eprintln!("{}", self.line);
+        // The line and details can carry refs, labels and a job's stderr: shown escaped.
+        let line = crate::render::safe(&self.line);
+        if line.starts_with("internal error:") {
+            eprintln!("{line}");
         } else {
-            eprintln!("error: {}", self.line);
+            eprintln!("error: {line}");
         }
         for d in &self.detail {
-            eprintln!("    {d}");
+            eprintln!("    {}", crate::render::safe_output(d));
         }
     }
 }
@@ -118,7 +120,7 @@ pub fn lookup_error(e: &LookupError) -> CliError {
         }
         LookupError::Conflict(..) => "; make the jobs' partition_patterns disjoint",
         LookupError::Invalid(..) => {
-            "; refs are non-empty, without whitespace or control characters"
+            "; refs are non-empty, without whitespace, control, invisible or bidi characters"
         }
         _ => "",
     };
@@ -131,6 +133,12 @@ pub fn plan_error(e: &PlanError) -> CliError {
         PlanError::Config(c) => {
             let hint = match c.kind {
                 ConfigErrorKind::Spawn(_) => "check the entrypoint",
+                ConfigErrorKind::Timeout(_) => {
+                    "make the job's config answer sooner (it must not wait on anything long-running), or raise config_timeout_seconds in the graph file"
+                }
+                ConfigErrorKind::Limit(_) => {
+                    "check what the job's config prints: one JobConfigureResponse on stdout, then it must exit"
+                }
                 _ => "fix the job's config output (see its stderr below, and `databuild analyze`)",
             };
             let mut err = CliError::bad_input(format!("{c}; {hint}"));

@@ -61,6 +61,8 @@ impl Progress {
         if self.quiet {
             return;
         }
+        // Labels, refs and job messages: shown escaped.
+        let s = crate::render::safe(&s).into_owned();
         match &self.bar {
             Some(b) => b.println(s),
             None => eprintln!("{s}"),

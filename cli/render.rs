@@ -1,6 +1,7 @@
 //! Rendering helpers: aligned tables, colours (on a terminal only), times, event summaries, and
 //! stdout writing that treats a closed pipe as a clean exit (so `replay | head` is quiet).
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 
 use databuild::proto::build_event::EventType;
@@ -27,6 +28,48 @@ pub fn flush() {
     {
         std::process::exit(0);
     }
+}
+
+/// Whether `c` must not reach a terminal raw: control characters (C0, DEL, C1), which can move
+/// the cursor, retitle the window or hide text, and invisible or bidi characters, which make
+/// text look like other text.
+fn needs_escape(c: char, keep_tab: bool) -> bool {
+    (c.is_control() && !(keep_tab && c == '\t')) || databuild::graph::is_invisible(c)
+}
+
+fn escape_with(s: &str, keep_tab: bool) -> Cow<'_, str> {
+    // The common case (printable ASCII) is one pass over the bytes and no allocation.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) || !s.chars().any(|c| needs_escape(c, keep_tab))
+    {
+        return Cow::Borrowed(s);
+    }
+    let mut o = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if needs_escape(c, keep_tab) {
+            o.extend(c.escape_default());
+        } else {
+            o.push(c);
+        }
+    }
+    Cow::Owned(o)
+}
+
+/// `s` (a ref, label, message, config arg: anything users or jobs wrote) made safe for one line
+/// of text output: control, invisible and bidi characters are shown escaped (`\u{1b}`, `\n`).
+pub fn safe(s: &str) -> Cow<'_, str> {
+    escape_with(s, false)
+}
+
+/// As [`safe`], but keeps tabs: for a line of a job's output.
+pub fn safe_output(s: &str) -> Cow<'_, str> {
+    escape_with(s, true)
+}
+
+/// A table cell of user or job text: escaped, with its visible width.
+pub fn cell(s: &str) -> (String, usize) {
+    let s = safe(s).into_owned();
+    let n = s.chars().count();
+    (s, n)
 }
 
 /// Whether to colour stdout.
@@ -78,9 +121,9 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// Adds a row of plain cells.
+    /// Adds a row of plain cells (escaped with [`safe`]).
     pub fn plain(&mut self, cells: Vec<String>) {
-        self.rows.push(cells.into_iter().map(|c| (c.clone(), c.chars().count())).collect());
+        self.rows.push(cells.iter().map(|c| cell(c)).collect());
     }
 
     pub fn print(&self) {
@@ -194,8 +237,13 @@ fn enum_name<T: TryFrom<i32>>(v: i32, name: fn(&T) -> &'static str) -> String {
     T::try_from(v).map(|t| name(&t).to_string()).unwrap_or_else(|_| format!("UNKNOWN({v})"))
 }
 
-/// The kind column and the details of an event, for `replay` text.
+/// The kind column and the details of an event, for `replay` text (escaped with [`safe`]).
 pub fn event_summary(ev: &BuildEvent) -> (&'static str, String) {
+    let (kind, detail) = event_summary_raw(ev);
+    (kind, safe(&detail).into_owned())
+}
+
+fn event_summary_raw(ev: &BuildEvent) -> (&'static str, String) {
     match &ev.event_type {
         Some(EventType::BuildRequestEvent(e)) => {
             let mut s =
@@ -276,7 +324,7 @@ pub fn json<T: serde::Serialize>(v: &T) -> String {
 
 /// Escapes text for a Mermaid node label.
 pub fn mermaid_label(s: &str) -> String {
-    s.replace('"', "#quot;")
+    safe(s).replace('"', "#quot;")
 }
 
 #[cfg(test)]
@@ -294,6 +342,19 @@ mod tests {
         assert!(glob_match("exact/ref", "exact/ref"));
         assert!(!glob_match("exact/ref", "exact/ref2"));
         assert!(glob_match("*", ""));
+    }
+
+    #[test]
+    fn text_from_users_and_jobs_is_shown_escaped() {
+        assert!(matches!(safe("daily/2025-01-01/red"), Cow::Borrowed(_)));
+        assert!(matches!(safe("Größe/ü"), Cow::Borrowed(_)), "printable Unicode is kept");
+        assert_eq!(safe("a\x1b[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(safe("title\x1b]0;x\x07"), "title\\u{1b}]0;x\\u{7}");
+        assert_eq!(safe("a\u{9b}31m"), "a\\u{9b}31m", "C1 CSI");
+        assert_eq!(safe("a\u{202e}b\u{200b}"), "a\\u{202e}b\\u{200b}");
+        assert_eq!(safe("two\nlines\tx"), "two\\nlines\\tx");
+        assert_eq!(safe_output("col1\tcol2\r"), "col1\tcol2\\r");
+        assert_eq!(cell("a\x1bb"), ("a\\u{1b}b".to_string(), 8));
     }
 
     #[test]

@@ -8,19 +8,29 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::graph::{Graph, LookupError};
 use crate::proto::{DepType, JobConfig, JobConfigureResponse};
+use crate::sys;
 
 /// Most bytes of refs passed to one `config` call: far below Linux's ARG_MAX (2 MiB with the
 /// environment), and small enough that 100k refs make a few dozen calls, not thousands.
 pub const ARGV_BYTES_MAX: usize = 256 << 10;
 /// Lines of a job's stderr shown with a config error.
 pub const STDERR_LINES_SHOWN: usize = 10;
-/// Most bytes of a `config` call's stdout accepted (a plan of millions of partitions fits).
+/// Most bytes of a `config` call's stdout accepted (a plan of millions of partitions fits);
+/// past it the call is stopped.
 pub const CONFIG_STDOUT_BYTES_MAX: usize = 1 << 30;
+/// Most bytes of a `config` call's stderr read; past it the call is stopped.
+pub const CONFIG_STDERR_BYTES_MAX: usize = 64 << 20;
+/// Bytes at the end of a `config` call's stderr held in memory (the lines shown come from it).
+const STDERR_TAIL_BYTES: usize = 64 << 10;
+/// How long the pipes may stay open after `config` exits (a process it started still holding
+/// them) before what is left of its process group is killed.
+pub const CONFIG_EXIT_GRACE: Duration = Duration::from_millis(200);
 
 /// One `config` call: a job and the refs asked of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +67,10 @@ pub enum ConfigErrorKind {
     Parse(String),
     /// The answer is well-formed but wrong (ownership, coverage, empty outputs, bad refs).
     Invalid(String),
+    /// Its output passed a limit, so it was stopped.
+    Limit(String),
+    /// It ran longer than the job's `config_timeout_seconds`, so it was stopped.
+    Timeout(Duration),
 }
 
 fn refs_text(refs: &[String]) -> String {
@@ -77,6 +91,8 @@ impl ConfigError {
                 format!("config output is not a JobConfigureResponse: {m}")
             }
             ConfigErrorKind::Invalid(m) => m.clone(),
+            ConfigErrorKind::Limit(m) => format!("config {m}"),
+            ConfigErrorKind::Timeout(d) => format!("config timed out after {} s", d.as_secs()),
         };
         format!("job '{}' config for {}: {what}", self.job, refs_text(&self.refs))
     }
@@ -187,6 +203,13 @@ pub struct ConfigLog {
 }
 
 /// Runs one `config` call and checks its answer.
+///
+/// The call runs in its own process group. Its output is read until the leader exits and both
+/// pipes close; a process it left behind that holds a pipe gets [`CONFIG_EXIT_GRACE`], then the
+/// whole group is killed: nothing a `config` started outlives the call. The group is also killed
+/// when stdout passes [`CONFIG_STDOUT_BYTES_MAX`], stderr passes [`CONFIG_STDERR_BYTES_MAX`], or
+/// the job's `config_timeout_seconds` pass, and when the call is dropped. Only the end of stderr
+/// is held in memory; all of it (to the limit) goes to the config log when one is given.
 pub async fn run(
     graph: &Graph,
     call: &ConfigCall,
@@ -208,31 +231,118 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(id) = build_request_id {
         cmd.env("DATABUILD_BUILD_REQUEST_ID", id);
     }
+    let stderr_file = log.and_then(|l| {
+        std::fs::create_dir_all(&l.dir).ok()?;
+        std::fs::File::create(l.dir.join(format!("{}.stderr", l.stem))).ok()
+    });
     let mut child = cmd.spawn().map_err(|e| fail(ConfigErrorKind::Spawn(e), b""))?;
+    // Kills the group on every way out of this function, a dropped future included.
+    let group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(fail(
             ConfigErrorKind::Spawn(std::io::Error::other("no stdout/stderr pipes")),
             b"",
         ));
     };
-    let mut stdout = stdout.take(CONFIG_STDOUT_BYTES_MAX as u64 + 1);
-    let mut stderr = stderr.take(64 << 20);
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let (r1, r2, status) =
-        tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err), child.wait());
+    let out_fut = read_stdout(stdout, CONFIG_STDOUT_BYTES_MAX);
+    let err_fut = read_stderr(stderr, CONFIG_STDERR_BYTES_MAX, stderr_file);
+    let timeout = tokio::time::sleep(job.config_timeout);
+    let grace = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(out_fut, err_fut, timeout, grace);
+    let mut status = None;
+    let mut out_res: Option<(Vec<u8>, ReadEnd)> = None;
+    let mut err_res: Option<(Vec<u8>, ReadEnd)> = None;
+    let stop = loop {
+        if status.is_some() && out_res.is_some() && err_res.is_some() {
+            break None;
+        }
+        tokio::select! {
+            s = child.wait(), if status.is_none() => {
+                status = Some(s);
+                grace.as_mut().reset(tokio::time::Instant::now() + CONFIG_EXIT_GRACE);
+            }
+            r = &mut out_fut, if out_res.is_none() => {
+                let limit = matches!(r.1, ReadEnd::Limit);
+                out_res = Some(r);
+                if limit {
+                    break Some(Stop::StdoutLimit);
+                }
+            }
+            r = &mut err_fut, if err_res.is_none() => {
+                let limit = matches!(r.1, ReadEnd::Limit);
+                err_res = Some(r);
+                if limit {
+                    break Some(Stop::StderrLimit);
+                }
+            }
+            () = &mut timeout => break Some(Stop::Timeout),
+            // The leader is gone but something it started still holds a pipe.
+            () = &mut grace, if status.is_some() => break None,
+        }
+    };
+    group.kill();
+    let _ = child.start_kill();
+    // With the group gone the pipes close; a process that left the group (setsid) could hold
+    // them open, so the rest of the output is awaited only briefly.
+    let drain = async {
+        if out_res.is_none() {
+            out_res = Some((&mut out_fut).await);
+        }
+        if err_res.is_none() {
+            err_res = Some((&mut err_fut).await);
+        }
+    };
+    let _ = tokio::time::timeout(CONFIG_EXIT_GRACE, drain).await;
+    let status = match status {
+        Some(s) => s,
+        None => child.wait().await,
+    };
+    let (out, out_end) = out_res.unwrap_or_else(|| (Vec::new(), ReadEnd::Eof));
+    let (err, err_end) = err_res.unwrap_or_else(|| (Vec::new(), ReadEnd::Eof));
     if let Some(l) = log {
         let _ = std::fs::create_dir_all(&l.dir);
-        let _ = std::fs::write(l.dir.join(format!("{}.stdout", l.stem)), &out);
-        let _ = std::fs::write(l.dir.join(format!("{}.stderr", l.stem)), &err);
+        let kept = if matches!(stop, Some(Stop::StdoutLimit)) {
+            // Its start shows what it was printing; a GiB on disk would not help.
+            &out[..out.len().min(STDERR_TAIL_BYTES)]
+        } else {
+            &out[..]
+        };
+        let _ = std::fs::write(l.dir.join(format!("{}.stdout", l.stem)), kept);
+    }
+    match stop {
+        Some(Stop::Timeout) => {
+            return Err(fail(ConfigErrorKind::Timeout(job.config_timeout), &err));
+        }
+        Some(Stop::StdoutLimit) => {
+            return Err(fail(
+                ConfigErrorKind::Limit(format!(
+                    "stdout passed {}; stopped it",
+                    bytes_text(CONFIG_STDOUT_BYTES_MAX)
+                )),
+                &err,
+            ));
+        }
+        Some(Stop::StderrLimit) => {
+            return Err(fail(
+                ConfigErrorKind::Limit(format!(
+                    "stderr passed {}; stopped it",
+                    bytes_text(CONFIG_STDERR_BYTES_MAX)
+                )),
+                &err,
+            ));
+        }
+        None => {}
     }
     let status = status.map_err(|e| fail(ConfigErrorKind::Spawn(e), &err))?;
-    if let Err(e) = r1.and(r2) {
-        return Err(fail(ConfigErrorKind::Spawn(e), &err));
+    for end in [out_end, err_end] {
+        if let ReadEnd::Io(e) = end {
+            return Err(fail(ConfigErrorKind::Spawn(e), &err));
+        }
     }
     if !status.success() {
         let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
@@ -242,12 +352,110 @@ pub async fn run(
         };
         return Err(fail(ConfigErrorKind::Exit(how), &err));
     }
-    if out.len() > CONFIG_STDOUT_BYTES_MAX {
-        return Err(fail(ConfigErrorKind::Parse("stdout is larger than 1 GiB".into()), &err));
-    }
     let resp = parse_response(&out).map_err(|m| fail(ConfigErrorKind::Parse(m), &err))?;
     validate(graph, call, &resp).map_err(|m| fail(ConfigErrorKind::Invalid(m), &err))?;
     Ok(resp.configs)
+}
+
+/// Why reading a `config` call stopped before it ended on its own.
+enum Stop {
+    StdoutLimit,
+    StderrLimit,
+    Timeout,
+}
+
+/// How reading a pipe ended.
+#[derive(Debug)]
+enum ReadEnd {
+    Eof,
+    Limit,
+    Io(std::io::Error),
+}
+
+/// Kills a `config` call's process group when dropped (or asked to). A pgid of 0 is never
+/// signalled.
+struct GroupGuard(i32);
+
+impl GroupGuard {
+    fn kill(&self) {
+        if self.0 > 1 {
+            let _ = sys::signal_group(self.0, sys::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `1 GiB`, `64 MiB`, or bytes.
+fn bytes_text(n: usize) -> String {
+    if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
+        format!("{} GiB", n >> 30)
+    } else if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// Reads stdout to its end, or until it passes `limit` bytes.
+async fn read_stdout(mut r: impl AsyncRead + Unpin, limit: usize) -> (Vec<u8>, ReadEnd) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) => return (out, ReadEnd::Eof),
+            Ok(n) if out.len() + n > limit => return (out, ReadEnd::Limit),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (out, ReadEnd::Io(e)),
+        }
+    }
+}
+
+/// Reads stderr to its end, or until it passes `limit` bytes, copying it to `file` (if any) and
+/// keeping only its last [`STDERR_TAIL_BYTES`] (from a line start where there is one).
+async fn read_stderr(
+    mut r: impl AsyncRead + Unpin,
+    limit: usize,
+    mut file: Option<std::fs::File>,
+) -> (Vec<u8>, ReadEnd) {
+    use std::io::Write;
+    let mut tail: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    let mut cut = false;
+    let mut buf = vec![0u8; 64 << 10];
+    let end = loop {
+        match r.read(&mut buf).await {
+            Ok(0) => break ReadEnd::Eof,
+            Ok(n) => {
+                let n = n.min(limit.saturating_sub(total));
+                total += n;
+                if let Some(f) = &mut file
+                    && f.write_all(&buf[..n]).is_err()
+                {
+                    file = None;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * STDERR_TAIL_BYTES {
+                    tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                    cut = true;
+                }
+                if total >= limit {
+                    break ReadEnd::Limit;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break ReadEnd::Io(e),
+        }
+    };
+    if cut && let Some(nl) = tail.iter().position(|&b| b == b'\n') {
+        tail.drain(..=nl);
+    }
+    (tail, end)
 }
 
 /// The last `n` non-empty lines of `bytes`.

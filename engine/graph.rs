@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 /// The file name looked for in the current directory and its parents.
 pub const GRAPH_FILE: &str = "databuild.toml";
+/// How long a `config` call may run when the graph file sets no `config_timeout_seconds`.
+pub const CONFIG_TIMEOUT_DEFAULT: Duration = Duration::from_secs(600);
 
 /// One job of the graph.
 #[derive(Clone, Debug)]
@@ -30,6 +32,8 @@ pub struct Job {
     pub env: BTreeMap<String, String>,
     /// `exec` is stopped after this long.
     pub timeout: Option<Duration>,
+    /// A `config` call is stopped after this long (always bounded).
+    pub config_timeout: Duration,
     /// Extra `exec` attempts after a failure.
     pub retries: u32,
     /// At most this many `exec` runs of this job at once.
@@ -130,11 +134,27 @@ struct JobToml {
     #[serde(default)]
     env: BTreeMap<String, String>,
     timeout_seconds: Option<u64>,
+    config_timeout_seconds: Option<u64>,
     retries: Option<u32>,
     max_concurrency: Option<u32>,
 }
 
-/// Checks a partition ref: non-empty, no whitespace, no control characters.
+/// Whether `c` is invisible or reorders text around it: zero-width characters (U+200B–U+200D),
+/// the word joiner (U+2060), the byte order mark (U+FEFF), and bidi controls (U+200E, U+200F,
+/// U+061C, U+202A–U+202E, U+2066–U+2069). Two names differing only in these look the same.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{061C}'
+    )
+}
+
+/// Checks a partition ref: non-empty, no whitespace, no control, invisible or bidi characters.
 pub fn check_ref(r: &str) -> Result<(), LookupError> {
     if r.is_empty() {
         return Err(LookupError::Invalid(r.to_string(), "it is empty"));
@@ -145,7 +165,33 @@ pub fn check_ref(r: &str) -> Result<(), LookupError> {
     if r.chars().any(char::is_control) {
         return Err(LookupError::Invalid(r.to_string(), "it contains a control character"));
     }
+    if r.chars().any(is_invisible) {
+        return Err(LookupError::Invalid(
+            r.to_string(),
+            "it contains an invisible or bidi-control character (zero-width, BOM or direction mark)",
+        ));
+    }
     Ok(())
+}
+
+/// Checks a job label: it names files under `.databuild/` (config logs), so it must be one path
+/// component (no `/`, not `.` or `..`), and, like a ref, free of control, invisible and bidi
+/// characters. Anything else (letters of any script, digits, punctuation, spaces) is fine.
+fn check_label(label: &str) -> Result<(), String> {
+    let what = if label == "." || label == ".." {
+        "must not be '.' or '..'"
+    } else if label.contains('/') {
+        "must not contain '/'"
+    } else if label.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else if label.chars().any(is_invisible) {
+        "must not contain invisible or bidi-control characters"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "key 'label' {label:?} {what}: labels name files under .databuild/; use letters, digits, '_', '.' and '-'"
+    ))
 }
 
 /// Finds the graph file: `explicit` if given, else `databuild.toml` in `start` or a parent.
@@ -233,6 +279,7 @@ impl Graph {
             if j.label.trim().is_empty() {
                 return Err(job_err("key 'label' is empty".into()));
             }
+            check_label(&j.label).map_err(&job_err)?;
             if jobs.iter().any(|o| o.label == j.label) {
                 return Err(job_err(
                     "key 'label': duplicate label; job labels must be unique".into(),
@@ -259,6 +306,9 @@ impl Graph {
             if j.timeout_seconds == Some(0) {
                 return Err(job_err("key 'timeout_seconds' must be at least 1".into()));
             }
+            if j.config_timeout_seconds == Some(0) {
+                return Err(job_err("key 'config_timeout_seconds' must be at least 1".into()));
+            }
             if j.max_concurrency == Some(0) {
                 return Err(job_err("key 'max_concurrency' must be at least 1".into()));
             }
@@ -274,6 +324,9 @@ impl Graph {
                 patterns: j.partition_patterns,
                 env: j.env,
                 timeout: j.timeout_seconds.map(Duration::from_secs),
+                config_timeout: j
+                    .config_timeout_seconds
+                    .map_or(CONFIG_TIMEOUT_DEFAULT, Duration::from_secs),
                 retries: j.retries.unwrap_or(0),
                 max_concurrency: j.max_concurrency,
             });
@@ -436,8 +489,40 @@ partition_patterns = ['data/1\d*']
                 "timeout_seconds",
             ),
             (
+                "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['x']\nconfig_timeout_seconds=0\n",
+                "job 'a': key 'config_timeout_seconds' must be at least 1",
+            ),
+            (
+                "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['x']\nconfig_timeout_seconds=-5\n",
+                "job 'a': invalid value",
+            ),
+            (
                 "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns='x'\n",
                 "job 'a': invalid value",
+            ),
+            (
+                "[[jobs]]\nlabel='a/b'\nentrypoint='job.sh'\npartition_patterns=['x']\n",
+                "job 'a/b': key 'label'",
+            ),
+            (
+                "[[jobs]]\nlabel='../../escaped'\nentrypoint='job.sh'\npartition_patterns=['x']\n",
+                "job '../../escaped': key 'label'",
+            ),
+            (
+                "[[jobs]]\nlabel='..'\nentrypoint='job.sh'\npartition_patterns=['x']\n",
+                "job '..': key 'label'",
+            ),
+            (
+                "[[jobs]]\nlabel='.'\nentrypoint='job.sh'\npartition_patterns=['x']\n",
+                "job '.': key 'label'",
+            ),
+            (
+                "[[jobs]]\nlabel=\"a\\u0000b\"\nentrypoint='job.sh'\npartition_patterns=['x']\n",
+                "key 'label'",
+            ),
+            (
+                "[[jobs]]\nlabel=\"a\\u202Eb\"\nentrypoint='job.sh'\npartition_patterns=['x']\n",
+                "key 'label'",
             ),
             ("[graph]\nlabel='g'\nname='x'\n", "unknown field"),
             ("[[jobs]\n", "line 1"),
@@ -448,6 +533,19 @@ partition_patterns = ['data/1\d*']
             assert!(e.contains(want), "for {text:?}: {e:?} should contain {want:?}");
             assert!(e.contains(GRAPH_FILE), "{e}");
             assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn labels_that_are_safe_file_names_load() -> TestResult {
+        let d = dir_with_job()?;
+        for label in ["ingest_color_votes", "a.b-c", "v2", "-x", "Größe", "..a", "a b"] {
+            let text = format!(
+                "[[jobs]]\nlabel = {label:?}\nentrypoint = 'job.sh'\npartition_patterns = ['x']\n"
+            );
+            let g = parse(&d, &text)?;
+            assert_eq!(g.jobs[0].label, label);
         }
         Ok(())
     }
