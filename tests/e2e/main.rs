@@ -5,6 +5,7 @@ mod audit;
 mod bad_input;
 mod build;
 mod concurrency;
+mod hardening_cli;
 mod history;
 mod kill;
 mod log_damage;
