@@ -62,3 +62,68 @@ fn an_unusable_job_logs_directory_is_named_before_the_build_starts() {
     }
     assert!(!e.ledger().contains(&"raw/2".to_string()), "no job ran");
 }
+
+/// A log of two builds; returns (env, its last seq).
+fn two_builds() -> (Env, u64) {
+    let e = built();
+    e.run(&["build", "raw/2"]).ok();
+    let last = events(&e).len() as u64;
+    (e, last)
+}
+
+fn verify_refuses(e: &Env, what: &str, needle: &str) -> String {
+    let v = e.run(&["verify"]);
+    v.code(3);
+    assert!(!v.stdout.contains("OK"), "{what}: never OK:\n{}", v.stdout);
+    let line = v.error_line();
+    assert!(line.contains(needle), "{what}: {line}");
+    let j = e.run(&["verify", "--format", "json"]);
+    j.code(3);
+    assert_eq!(j.json_lines()[0]["sound"], false, "{what}: {}", j.stdout);
+    line
+}
+
+#[test]
+fn verify_without_checkpoint_does_not_claim_a_complete_log() {
+    let (e, _) = two_builds();
+    std::fs::remove_file(e.log_dir().join("CHECKPOINT")).unwrap();
+    std::fs::remove_file(e.log_dir().join("TAIL")).unwrap();
+    let line = verify_refuses(&e, "no CHECKPOINT", "cannot prove the log is complete");
+    assert!(line.contains("CHECKPOINT"), "{line}");
+}
+
+#[test]
+fn verify_takes_tail_as_evidence_of_a_deleted_newest_segment() {
+    let (e, last) = two_builds();
+    std::fs::remove_file(e.log_dir().join("CHECKPOINT")).unwrap();
+    std::fs::remove_file(e.log_dir().join("0000000000000000.seg")).unwrap();
+    let line = verify_refuses(&e, "segment and CHECKPOINT deleted", "TAIL");
+    assert!(line.contains(&format!("seq {}", last + 1)), "names how far it reached: {line}");
+}
+
+#[test]
+fn verify_takes_a_snapshot_past_the_end_as_evidence_of_a_missing_end() {
+    let (e, last) = two_builds();
+    let seg = std::fs::read(e.log_dir().join("0000000000000000.seg")).unwrap();
+    // A snapshot's header: magic, fold version, then the log id (the segment header's, at 16).
+    let mut snap = b"DBSNAP\x00\x1a".to_vec();
+    snap.extend_from_slice(&3u32.to_le_bytes());
+    snap.extend_from_slice(&seg[16..32]);
+    snap.extend_from_slice(&(last + 16).to_le_bytes());
+    e.write(&format!(".databuild/log/snapshots/{:020}.snap", last + 16), "");
+    std::fs::write(e.log_dir().join(format!("snapshots/{:020}.snap", last + 16)), &snap).unwrap();
+    std::fs::remove_file(e.log_dir().join("CHECKPOINT")).unwrap();
+    std::fs::remove_file(e.log_dir().join("TAIL")).unwrap();
+    let line = verify_refuses(&e, "snapshot past the end", "snapshot");
+    assert!(line.contains(&format!("seq {}", last + 16)), "{line}");
+    // A repair that cuts the log removes the snapshots past the cut with it.
+    let (e, last) = two_builds();
+    let mut b = std::fs::read(e.log_dir().join("0000000000000000.seg")).unwrap();
+    e.write(&format!(".databuild/log/snapshots/{:020}.snap", last), "");
+    let n = b.len();
+    b[n - 64] ^= 0x55;
+    std::fs::write(e.log_dir().join("0000000000000000.seg"), &b).unwrap();
+    e.run(&["repair", "--truncate"]).ok();
+    assert!(!e.exists(&format!(".databuild/log/snapshots/{:020}.snap", last)));
+    e.run(&["verify"]).ok();
+}
