@@ -127,3 +127,55 @@ fn verify_takes_a_snapshot_past_the_end_as_evidence_of_a_missing_end() {
     assert!(!e.exists(&format!(".databuild/log/snapshots/{:020}.snap", last)));
     e.run(&["verify"]).ok();
 }
+
+/// A failed raw/1 and the id of its run.
+fn failed_run() -> (Env, String) {
+    let e = Env::generic(&[("raw", r"raw/\d+")]);
+    e.fail("raw/1");
+    e.run(&["build", "raw/1"]).code(1);
+    let x = e.run(&["explain", "raw/1", "--format", "json"]).ok().json_lines();
+    let run = x[0]["jobRunId"].as_str().unwrap().to_string();
+    (e, run)
+}
+
+#[test]
+fn explain_reads_only_the_tail_of_a_huge_output() {
+    let (e, run) = failed_run();
+    // 1 GiB of output (sparse, so the test is cheap), its last lines at the end.
+    let stderr = e.path().join(format!(".databuild/logs/{run}/stderr"));
+    let f = std::fs::OpenOptions::new().write(true).truncate(true).open(&stderr).unwrap();
+    f.set_len(1 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_at(b"\nline one\nline two\nthe last line\n", 1 << 30).unwrap();
+    drop(f);
+    // Under a 512 MiB address-space limit, reading the whole file would fail.
+    let bin = BIN;
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(format!("ulimit -v 524288 && exec '{bin}' explain raw/1"))
+        .current_dir(e.path())
+        .env_remove("DATABUILD_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = finish(c.spawn().unwrap(), DEADLINE);
+    out.ok();
+    assert!(out.stdout.contains("the last line"), "{}", out.stdout);
+    assert!(out.stdout.contains("line two"), "{}", out.stdout);
+}
+
+#[test]
+fn explain_caps_each_shown_line() {
+    let (e, run) = failed_run();
+    let stderr = e.path().join(format!(".databuild/logs/{run}/stderr"));
+    let long = "x".repeat(5 << 20);
+    std::fs::write(&stderr, format!("first\n{long}\nlast words\n")).unwrap();
+    for args in [&["explain", "raw/1"][..], &["explain", "raw/1", "--format", "json"]] {
+        let out = e.run(args);
+        out.ok();
+        assert!(out.stdout.len() < 4096, "{args:?}: {} bytes printed", out.stdout.len());
+        assert!(out.stdout.contains("last words"), "{}", out.stdout);
+        assert!(out.stdout.contains("bytes cut)"), "{}", out.stdout);
+    }
+}
