@@ -179,3 +179,75 @@ fn explain_caps_each_shown_line() {
         assert!(out.stdout.contains("bytes cut)"), "{}", out.stdout);
     }
 }
+
+fn dirs_in(p: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn gc_removes_output_of_ended_runs_only_and_never_the_log() {
+    let e = built();
+    let logs = e.path().join(".databuild/logs");
+    let ended = dirs_in(&logs);
+    assert_eq!(ended.len(), 2, "a run's output and its request's config output: {ended:?}");
+    let log_before = dirs_in(&e.log_dir());
+    let events_before = events(&e);
+    // Recent output is kept.
+    let out = e.run(&["gc", "--logs-older-than", "1"]);
+    out.ok();
+    assert_eq!(dirs_in(&logs), ended);
+    // A build in flight: its request and run directories must survive.
+    let child = e.spawn(&["build", "raw/2"], &[("SLEEP", "3")]);
+    wait_until("raw/2 to run", || e.ledger().contains(&"raw/2".to_string()));
+    let live: Vec<String> = dirs_in(&logs).into_iter().filter(|d| !ended.contains(d)).collect();
+    assert_eq!(live.len(), 2, "{live:?}");
+    let dry = e.run(&["gc", "--logs-older-than", "0", "--dry-run"]);
+    dry.ok();
+    assert!(dry.stdout.contains("would remove"), "{}", dry.stdout);
+    assert_eq!(dirs_in(&logs).len(), 4, "a dry run removes nothing");
+    let out = e.run(&["gc", "--logs-older-than", "0"]);
+    out.ok();
+    for d in &ended {
+        assert!(out.stdout.contains(d.as_str()), "names what it removed: {}", out.stdout);
+    }
+    assert!(out.stdout.contains("freed"), "{}", out.stdout);
+    assert_eq!(dirs_in(&logs), live, "only the ended run's and request's output went");
+    finish(child, DEADLINE).ok();
+    assert_eq!(dirs_in(&e.log_dir()), log_before, "the event log is untouched");
+    assert_eq!(events(&e)[..events_before.len()], events_before[..]);
+    e.run(&["verify"]).ok();
+    e.run(&["gc"]).code(2);
+}
+
+#[test]
+fn gc_torn_removes_torn_tail_and_repair_backups() {
+    let (e, _) = two_builds();
+    let seg = e.log_dir().join("0000000000000000.seg");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, &[0xab; 100]).unwrap();
+    drop(f);
+    e.run(&["build", "raw/3"]).ok();
+    e.write(".databuild/log/0000000000000000.seg.repair-7.bak", "cut bytes");
+    let backups = |e: &Env| -> Vec<String> {
+        dirs_in(&e.log_dir())
+            .into_iter()
+            .filter(|n| n.contains(".torn-") || n.ends_with(".bak"))
+            .collect()
+    };
+    assert_eq!(backups(&e).len(), 2, "{:?}", dirs_in(&e.log_dir()));
+    let dry = e.run(&["gc", "--torn", "--dry-run"]);
+    dry.ok();
+    assert_eq!(backups(&e).len(), 2);
+    let out = e.run(&["gc", "--torn", "--format", "json"]);
+    out.ok();
+    let lines = out.json_lines();
+    assert_eq!(lines.last().unwrap()["items"], 2, "{}", out.stdout);
+    assert!(lines.last().unwrap()["bytesFreed"].as_u64().unwrap() >= 109, "{}", out.stdout);
+    assert!(backups(&e).is_empty());
+    assert!(seg.exists() && e.log_dir().join("CHECKPOINT").exists());
+    e.run(&["verify"]).ok();
+}
