@@ -85,6 +85,8 @@ pub enum Command {
     Verify,
     /// Cut a damaged log after its valid prefix (moving the rest aside); never done implicitly
     Repair(RepairArgs),
+    /// Remove old job output of ended runs and torn-tail/repair backups (never the event log)
+    Gc(GcArgs),
 }
 
 /// `build`.
@@ -221,4 +223,19 @@ pub struct RepairArgs {
     /// If another databuild is writing the log, wait for it
     #[arg(long)]
     pub wait: bool,
+}
+
+/// `gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Remove the output directories (.databuild/logs/ID) of job runs and build requests that
+    /// ended more than DAYS days ago; never of a live one
+    #[arg(long, value_name = "DAYS")]
+    pub logs_older_than: Option<u64>,
+    /// Remove the backups of cut torn tails (*.torn-*) and of repairs (*.repair-*.bak)
+    #[arg(long)]
+    pub torn: bool,
+    /// Only list what would be removed
+    #[arg(long)]
+    pub dry_run: bool,
 }

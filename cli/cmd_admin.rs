@@ -4,7 +4,9 @@ use databuild::events as ev;
 use databuild::proto::{BuildEvent, EngineEventKind};
 use databuild::state::{State, Violation};
 use databuild::store::{Store, StoreOptions};
-use databuild_log::{CheckpointStatus, ReadOptions, TailStatus, WriterOptions};
+use databuild_log::{
+    CheckpointStatus, Completeness, LogId, ReadOptions, TailStatus, WriterOptions,
+};
 use prost::Message;
 use serde_json::json;
 
@@ -73,14 +75,48 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
         }
     })
     .map_err(|e| exit::open_error(&e, &ctx.log_dir))?;
+    // A snapshot past the end was taken after that seq: the log once reached it. Only one that
+    // provably belongs to another log is not evidence.
+    let mut reached: Option<(u64, String)> = None;
     for (seq, path) in &snaps {
-        snap_notes.push(format!(
-            "snapshot {} is beyond the log (seq {seq}); it is ignored",
-            path.display()
+        if snapshot_of_other_log(path, log_id.or(report.log_id)) {
+            snap_notes.push(format!(
+                "snapshot {} is beyond the log (seq {seq}) but belongs to another log; it is ignored",
+                path.display()
+            ));
+        } else if reached.as_ref().is_none_or(|r| *seq > r.0) {
+            reached = Some((*seq, format!("snapshot {} was taken at seq {seq}", path.display())));
+        }
+    }
+    if let Completeness::TailBeyond(t) = report.completeness
+        && reached.as_ref().is_none_or(|r| t.next_seq - 1 > r.0)
+    {
+        reached = Some((
+            t.next_seq - 1,
+            format!(
+                "TAIL names a durable end at seq {} (segment {}, byte {})",
+                t.next_seq, t.segment_id, t.offset
+            ),
         ));
     }
-    let sound =
-        report.is_sound() && violation.is_none() && undecodable.is_none() && snap_problem.is_none();
+    let last_seq = report.next_seq.saturating_sub(1);
+    let incomplete = match (&reached, report.completeness) {
+        _ if !report.is_sound() => None,
+        (Some((seq, why)), _) if *seq > last_seq => Some(format!(
+            "acknowledged events are missing: {why}, but the log ends at seq {last_seq} (events {}..={seq} at least are gone, e.g. a deleted newest segment)",
+            last_seq + 1
+        )),
+        (_, Completeness::Unproven) => Some(format!(
+            "cannot prove the log is complete: CHECKPOINT is {}, TAIL is only a hint (never fsynced) and no snapshot lies past the end; a deleted newest segment would look exactly like this",
+            if report.checkpoint == CheckpointStatus::Missing { "missing" } else { "damaged" }
+        )),
+        _ => None,
+    };
+    let sound = report.is_sound()
+        && violation.is_none()
+        && undecodable.is_none()
+        && incomplete.is_none()
+        && snap_problem.is_none();
     let events = report.records;
     let last = report.next_seq.saturating_sub(1);
     let tail = match &report.tail {
@@ -102,7 +138,7 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
         (None, None, Some((seq, why))) => {
             Some(format!("event at seq {seq} does not decode: {why}"))
         }
-        _ => snap_problem.as_ref().map(|(_, p)| p.clone()),
+        _ => incomplete.clone().or_else(|| snap_problem.as_ref().map(|(_, p)| p.clone())),
     };
     match ctx.format {
         Format::Json => out(&render::json(&json!({
@@ -152,6 +188,15 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
         return Ok(exit::SUCCESS);
     }
     let what = problem.unwrap_or_default();
+    if let Some(why) = incomplete {
+        // Nothing to cut: the valid prefix is all there is. The remedy is outside the log.
+        let fix = if why.starts_with("cannot prove") {
+            "if you know nothing was deleted, any writer (e.g. `databuild recover`) records the present end in a new CHECKPOINT; otherwise restore the missing segment files from a backup"
+        } else {
+            "restore the missing segment files from a backup; to accept the loss instead, delete the snapshots past the end and run `databuild recover`"
+        };
+        return Err(CliError::log(format!("the event log is not sound: {why}; {fix}")));
+    }
     if report.is_sound() && violation.is_none() && undecodable.is_none() {
         // Only a snapshot is wrong: the log itself is sound, and repair would cut nothing.
         return Err(CliError::log(format!("the event log is sound, but {what}")));
@@ -159,6 +204,18 @@ pub fn verify(ctx: &Ctx) -> Result<u8, CliError> {
     Err(CliError::log(format!(
         "the event log is not sound: {what}; `databuild repair --truncate` keeps the valid prefix (what follows is moved aside)"
     )))
+}
+
+/// Whether a snapshot file's header proves it was taken of another log (magic, fold version,
+/// then the log id: `docs/log-format.md`, Snapshots). Unreadable or short files prove nothing.
+fn snapshot_of_other_log(path: &std::path::Path, log_id: Option<LogId>) -> bool {
+    use std::io::Read;
+    let (Some(id), Ok(f)) = (log_id, std::fs::File::open(path)) else { return false };
+    let mut head = [0u8; 28];
+    if f.take(28).read_exact(&mut head).is_err() {
+        return false;
+    }
+    head[..8] == databuild::state::snapshot::MAGIC && head[12..28] != id.0
 }
 
 pub fn repair(ctx: &Ctx, a: RepairArgs) -> Result<u8, CliError> {
@@ -174,10 +231,22 @@ pub fn repair(ctx: &Ctx, a: RepairArgs) -> Result<u8, CliError> {
         }
         return Ok(exit::SUCCESS);
     };
-    // Snapshots of the cut history must go before anything is appended: the log will reach
-    // their seqs again with other events.
-    for p in databuild::store::snapshots::remove_from(&ctx.log_dir, cut.seq) {
-        eprintln!("removed snapshot {} (it was taken of the history that was cut)", p.display());
+    // Snapshots of states that include cut events describe a history that is gone: one would be
+    // folded on top of the regrown log, and `verify` would take it as evidence of a lost end.
+    for (seq, path) in databuild::store::snapshots::list(&ctx.log_dir) {
+        if seq < cut.seq {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => eprintln!(
+                "removed snapshot {} (it was taken of the history that was cut)",
+                path.display()
+            ),
+            Err(e) => eprintln!(
+                "warning: cannot remove {} (a snapshot past the cut): {e}; delete it by hand",
+                path.display()
+            ),
+        }
     }
     // Record the repair in the log itself, so the history says what was cut.
     let (store, _) =

@@ -11,6 +11,64 @@ use crate::render::{self, Table, out, short};
 /// Lines of a failed run's output shown by `explain`.
 const FAILED_TAIL_LINES: usize = 5;
 
+/// At most this much of the end of a job's output is read for `explain` (a glance; `logs`
+/// prints everything).
+const TAIL_BYTES_MAX: u64 = 64 * 1024;
+/// Bytes of one output line shown by `explain`; the rest is cut with a marker.
+const LINE_BYTES_SHOWN: usize = 500;
+/// Bytes read per step, backwards from the end.
+const TAIL_CHUNK: u64 = 8 * 1024;
+
+/// The last `n` non-empty lines of the file at `path`, reading backwards from its end in chunks
+/// until there are enough lines or [`TAIL_BYTES_MAX`] bytes were read, so a huge output costs
+/// one small read. Each line is cut to [`LINE_BYTES_SHOWN`] bytes with a "… (N bytes cut)"
+/// marker ("at least N" when the line starts before what was read).
+fn output_tail(path: &std::path::Path, n: usize) -> std::io::Result<Vec<String>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut start = len;
+    let mut buf: Vec<u8> = Vec::new();
+    while start > 0 && len - start < TAIL_BYTES_MAX {
+        let step = TAIL_CHUNK.min(start).min(TAIL_BYTES_MAX - (len - start));
+        start -= step;
+        let mut chunk = vec![0u8; step as usize];
+        f.read_exact_at(&mut chunk, start)?;
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+        // One more line than wanted: the first one may be cut by the window.
+        let lines = buf.split(|&b| b == b'\n').filter(|l| !l.trim_ascii().is_empty()).count();
+        if lines > n {
+            break;
+        }
+    }
+    let mut lines: Vec<(bool, &[u8])> = Vec::new();
+    for (i, l) in buf.split(|&b| b == b'\n').enumerate() {
+        if !l.trim_ascii().is_empty() {
+            // The first piece starts before the window unless the window is the whole file.
+            lines.push((i == 0 && start > 0, l));
+        }
+    }
+    let keep = lines.len().saturating_sub(n);
+    Ok(lines[keep..].iter().map(|&(partial, l)| cap_line(l, partial)).collect())
+}
+
+/// A line cut to [`LINE_BYTES_SHOWN`] bytes (on a character boundary), with a marker saying how
+/// many bytes were left out.
+fn cap_line(line: &[u8], partial: bool) -> String {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    let at_least = if partial { "at least " } else { "" };
+    if text.len() <= LINE_BYTES_SHOWN {
+        return if partial { format!("… {text}") } else { text.to_string() };
+    }
+    let mut end = LINE_BYTES_SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({at_least}{} bytes cut)", &text[..end], text.len() - end)
+}
+
 pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
     ctx.formats("explain", &[Format::Text, Format::Json])?;
     databuild::graph::check_ref(&a.partition).map_err(|e| exit::lookup_error(&e))?;
@@ -20,8 +78,8 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
         let dir = ctx.logs_dir.join(&e.job_run_id);
         let mut lines = Vec::new();
         for f in ["stderr", "stdout"] {
-            if let Ok(b) = std::fs::read(dir.join(f)) {
-                lines = databuild::config::tail_lines(&b, FAILED_TAIL_LINES);
+            if let Ok(l) = output_tail(&dir.join(f), FAILED_TAIL_LINES) {
+                lines = l;
                 if !lines.is_empty() {
                     break;
                 }

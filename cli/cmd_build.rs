@@ -123,6 +123,7 @@ pub fn build(ctx: &Ctx, a: BuildArgs) -> Result<u8, CliError> {
             ctx.logs_dir.display()
         );
     }
+    ctx.check_logs_dir()?;
     let store = Arc::new(open_store(ctx, a.wait)?);
     crate::cmd_recover::reconcile_before_build(ctx, &store)?;
     let progress =

@@ -39,6 +39,7 @@ pub fn recover(ctx: &Ctx, a: crate::args::RecoverArgs) -> Result<u8, CliError> {
     ctx.formats("recover", &[crate::args::Format::Text, crate::args::Format::Json])?;
     let graph = Arc::new(ctx.graph()?);
     let rt = crate::cmd_build::runtime()?;
+    ctx.check_logs_dir()?;
     let store = Arc::new(crate::cmd_build::open_store(ctx, a.wait)?);
     let settings = crate::cmd_build::settings(ctx, a.jobs)?;
     let progress = Arc::new(crate::progress::Progress::new(

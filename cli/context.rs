@@ -49,6 +49,7 @@ impl Ctx {
                 return Err(CliError::bad_input(graph_error.clone().unwrap_or_default()));
             }
         };
+        check_log_dir(&log_dir, g.log.is_some())?;
         let logs_dir = match &graph_dir {
             Some(d) => d.join(".databuild").join("logs"),
             None => log_dir.parent().unwrap_or(Path::new(".")).join("logs"),
@@ -62,6 +63,36 @@ impl Ctx {
             quiet: g.quiet,
             verbose: g.verbose,
         })
+    }
+
+    /// Makes sure the job output directory exists and can take files, before anything runs: a
+    /// build whose every job fails with "Permission denied" and no path helps nobody.
+    pub fn check_logs_dir(&self) -> Result<(), CliError> {
+        let dir = &self.logs_dir;
+        let fix = "make it a writable directory (or remove it, it is created), then run again";
+        if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(CliError::bad_input(format!(
+                "cannot use {} for job output: it is not a directory; {fix}",
+                dir.display()
+            )));
+        }
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return Err(CliError::bad_input(format!(
+                "cannot use {} for job output: cannot create it: {e}; {fix}",
+                dir.display()
+            )));
+        }
+        let probe = dir.join(format!(".write-check-{}", std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(e) => Err(CliError::bad_input(format!(
+                "cannot use {} for job output: cannot create a file in it: {e}; {fix}",
+                dir.display()
+            ))),
+        }
     }
 
     /// Loads the graph file (it must exist).
@@ -92,5 +123,37 @@ impl Ctx {
             self.format,
             names.join(", ")
         )))
+    }
+}
+
+/// Refuses an event log path that exists but is not a directory (a file, or a symbolic link to
+/// nothing): creating the log there would fail with a misleading "File exists", and a reader
+/// would show an empty log as if nothing had been built. A path that does not exist is fine (no
+/// log yet: readers show nothing, the first writer creates it).
+fn check_log_dir(dir: &Path, from_flag: bool) -> Result<(), CliError> {
+    let Ok(link) = std::fs::symlink_metadata(dir) else { return Ok(()) };
+    let fix = if from_flag {
+        "give --log (or DATABUILD_LOG) an existing directory, or a path that does not exist yet"
+    } else {
+        "move it aside (the event log is created there), or give --log DIR"
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(CliError::bad_input(format!(
+            "the event log path {} is not a directory; {fix}",
+            dir.display()
+        ))),
+        Err(e) if link.file_type().is_symlink() => {
+            let target = std::fs::read_link(dir)
+                .map_or_else(|_| "?".to_string(), |t| t.display().to_string());
+            Err(CliError::bad_input(format!(
+                "the event log path {} is a symbolic link to {target}, which does not exist ({e}); create the directory it points to, or {fix}",
+                dir.display()
+            )))
+        }
+        Err(e) => Err(CliError::bad_input(format!(
+            "cannot use the event log path {}: {e}; {fix}",
+            dir.display()
+        ))),
     }
 }

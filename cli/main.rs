@@ -4,6 +4,7 @@ mod args;
 mod cmd_admin;
 mod cmd_audit;
 mod cmd_build;
+mod cmd_gc;
 mod cmd_history;
 mod cmd_recover;
 mod context;
@@ -46,5 +47,6 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
         C::Recover(a) => cmd_recover::recover(&ctx, a),
         C::Verify => cmd_admin::verify(&ctx),
         C::Repair(a) => cmd_admin::repair(&ctx, a),
+        C::Gc(a) => cmd_gc::gc(&ctx, a),
     }
 }

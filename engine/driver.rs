@@ -676,7 +676,10 @@ impl Driver {
                     n,
                     &run,
                     attempt,
-                    Failure::spawn(format!("could not start the job shim: {err}")),
+                    Failure::spawn(format!(
+                        "could not start the job shim (job output in {}): {err}",
+                        self.settings.logs_dir.join(&*run).display()
+                    )),
                 );
             }
         }

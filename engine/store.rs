@@ -518,19 +518,6 @@ pub mod snapshots {
         }
     }
 
-    /// Removes every snapshot taken at `seq` or later: `repair --truncate` calls it for the seqs
-    /// it cut, so no snapshot of the old history is left for the new one to reach. Returns the
-    /// paths removed.
-    pub fn remove_from(log_dir: &Path, seq: u64) -> Vec<PathBuf> {
-        let mut removed = Vec::new();
-        for (s, p) in list(log_dir) {
-            if s >= seq && std::fs::remove_file(&p).is_ok() {
-                removed.push(p);
-            }
-        }
-        removed
-    }
-
     /// The newest usable snapshot at or below `max_seq` of the log `reader` reads, with warnings
     /// for the unusable ones met on the way. `None` if there is none (fold from the start). A
     /// snapshot is usable only if the log still holds the frame it was taken after (its anchor).

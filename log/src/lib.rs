@@ -39,7 +39,7 @@ pub use map::SegmentBytes;
 pub use reader::{Frame, FrameAt, Frames, ReadOptions, Reader, RecordIter};
 pub use repair::{RepairReport, repair};
 pub use segment::{EndClass, TornTail};
-pub use verify::{SegmentSummary, TailStatus, VerifyReport, verify};
+pub use verify::{Completeness, SegmentSummary, TailStatus, VerifyReport, verify};
 pub use writer::{Durability, OpenReport, Ticket, Writer, WriterOptions, WriterStats};
 
 /// Identity of a log, chosen at creation and stored in every segment header and frame checksum.

@@ -5,9 +5,10 @@ use std::path::Path;
 use crate::checkpoint::{self, CheckpointStatus};
 use crate::error::{Corruption, CorruptionKind, OpenError, io_err};
 use crate::format::{Records, SEGMENT_HEADER_BYTES};
+use crate::format::{TAIL_BYTES, TailHint};
 use crate::fs::Fs;
-use crate::segment::{self, EndClass, Listing, TornTail};
-use crate::{LogId, ReadOptions};
+use crate::segment::{self, EndClass, Listing, TAIL_FILE, TornTail};
+use crate::{End, LogId, ReadOptions};
 
 /// One segment as `verify` saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +36,24 @@ pub enum TailStatus {
     Torn(TornTail),
 }
 
+/// Whether anything but the segments themselves bounds where the log ends. Deleting the newest
+/// segment (or all of them) leaves a log whose every frame is valid; only durability evidence
+/// kept elsewhere can tell that it once went further.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completeness {
+    /// A valid CHECKPOINT was checked against the end: a missing newest segment, or an end before
+    /// the CHECKPOINT's durable position, is reported as corruption (within the residual window
+    /// of `docs/log-format.md`).
+    Checked,
+    /// TAIL (read before the scan, so a live writer cannot have moved it past what was scanned)
+    /// names a durable end beyond the valid prefix: acknowledged records are missing. The writer
+    /// does not use TAIL as evidence (it is never fsynced), so this is reported only here.
+    TailBeyond(End),
+    /// Neither a valid CHECKPOINT nor TAIL bounds the end, and there are records or segments:
+    /// nothing proves the log is complete. Callers may have evidence of their own.
+    Unproven,
+}
+
 /// What `verify` found.
 #[derive(Clone, Debug)]
 pub struct VerifyReport {
@@ -54,10 +73,15 @@ pub struct VerifyReport {
     pub corruption: Option<Corruption>,
     /// How CHECKPOINT looked.
     pub checkpoint: CheckpointStatus,
+    /// What bounds the end of the log besides the segments (see [`Completeness`]).
+    pub completeness: Completeness,
+    /// The TAIL hint as read before the scan, if valid and of this log.
+    pub tail_hint: Option<End>,
 }
 
 impl VerifyReport {
-    /// No damage to acknowledged data (a torn tail alone is sound).
+    /// No damage to acknowledged data (a torn tail alone is sound). This is the writer's
+    /// judgement; [`VerifyReport::completeness`] adds what only `verify` looks at.
     pub fn is_sound(&self) -> bool {
         self.corruption.is_none()
     }
@@ -82,13 +106,60 @@ pub fn verify(
         tail: TailStatus::Clean,
         corruption: None,
         checkpoint: CheckpointStatus::Missing,
+        completeness: Completeness::Checked,
+        tail_hint: None,
     };
     if !fs.exists(dir).map_err(io_err("stat", dir))? {
         return Ok(report);
     }
+    // TAIL first: it is written only after the data it names is durable, so whatever it says now
+    // is in the segments by the time they are scanned, even with a writer appending meanwhile.
+    let tail = read_tail(fs, dir);
     let Listing { valid, problem, .. } = segment::list_segments_lenient(fs, dir)?;
     let log_id = valid.first().map(|s| s.header.log_id);
     report.log_id = log_id;
+    report.tail_hint = tail.filter(|t| log_id.is_none_or(|id| t.log_id == id)).map(|t| End {
+        next_seq: t.next_seq,
+        segment_id: t.segment_id,
+        offset: t.offset,
+    });
+    let mut report = scan_all(fs, dir, opts.mode, &mut visit, report, valid, problem, log_id)?;
+    report.completeness = match report.tail_hint {
+        Some(t) if report.corruption.is_none() && t.next_seq > report.next_seq => {
+            Completeness::TailBeyond(t)
+        }
+        _ if report.corruption.is_none()
+            && matches!(
+                report.checkpoint,
+                CheckpointStatus::Missing | CheckpointStatus::Damaged
+            )
+            && (report.records > 0 || report.segments.len() > 1) =>
+        {
+            Completeness::Unproven
+        }
+        _ => Completeness::Checked,
+    };
+    Ok(report)
+}
+
+fn read_tail(fs: &dyn Fs, dir: &Path) -> Option<TailHint> {
+    let f = fs.open_read(&dir.join(TAIL_FILE)).ok()?;
+    let mut buf = [0u8; TAIL_BYTES];
+    let got = f.read_at(&mut buf, 0).ok()?;
+    TailHint::decode(&buf[..got])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_all(
+    fs: &dyn Fs,
+    dir: &Path,
+    mode: crate::ReadMode,
+    visit: &mut impl FnMut(u64, &[u8]),
+    mut report: VerifyReport,
+    valid: Vec<segment::SegmentMeta>,
+    problem: Option<OpenError>,
+    log_id: Option<LogId>,
+) -> Result<VerifyReport, OpenError> {
     let cp = checkpoint::read(fs, dir, log_id.as_ref())?;
     report.checkpoint = cp.status;
     if valid.is_empty() && problem.is_none() && cp.slot.is_some() {
@@ -108,7 +179,7 @@ pub fn verify(
     let log_id = log_id.unwrap_or(LogId([0; 16]));
     let n = valid.len();
     for (i, seg) in valid.iter().enumerate() {
-        let bytes = fs.load(&seg.path, seg.len, opts.mode).map_err(io_err("read", &seg.path))?;
+        let bytes = fs.load(&seg.path, seg.len, mode).map_err(io_err("read", &seg.path))?;
         let mut framing: Option<Corruption> = None;
         let scan = segment::scan(
             &bytes,

@@ -473,11 +473,14 @@ impl Writer {
             CheckpointFile::open_or_create(&*fs, dir, cp_generation, slot)?
         };
         let tail_path = dir.join(TAIL_FILE);
+        // Only a missing TAIL is created; any other failure (permissions, a directory in its
+        // place) is reported as it is, naming the file, not as the "File exists" of a create.
         let tail = match fs.open_write(&tail_path, Create::No) {
             Ok(f) => f,
-            Err(_) => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 fs.open_write(&tail_path, Create::New).map_err(io_err("create", &tail_path))?
             }
+            Err(e) => return Err(io_err("open", &tail_path)(e)),
         };
         let hint = TailHint {
             log_id,

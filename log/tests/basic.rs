@@ -300,3 +300,36 @@ fn with_no_writer_alive_a_reader_sees_past_a_lagging_tail() {
         "with no writer, readers scan to the durable end"
     );
 }
+
+#[test]
+fn verify_does_not_call_a_log_complete_when_its_newest_segment_and_checkpoint_are_gone() {
+    use databuild_log::Completeness;
+    let dir = tempfile::tempdir().unwrap();
+    let (w, _) = Writer::open(dir.path(), opts(real(), 4096)).unwrap();
+    let written = append_batches(&w, &[3; 20], 100);
+    w.close().unwrap();
+    let check = || verify(dir.path(), ReadOptions::default(), |_, _| {}).unwrap();
+    let rep = check();
+    assert!(rep.is_sound());
+    assert_eq!(rep.completeness, Completeness::Checked);
+    assert_eq!(rep.tail_hint.map(|t| t.next_seq), Some(written.len() as u64 + 1));
+    let last = rep.segments.last().unwrap().clone();
+    assert!(last.id > 0 && last.records > 0, "the newest segment holds acknowledged records");
+    std::fs::remove_file(dir.path().join(format!("{:016x}.seg", last.id))).unwrap();
+    std::fs::remove_file(dir.path().join("CHECKPOINT")).unwrap();
+    // Every remaining frame is valid, but TAIL says the log reached further.
+    let rep = check();
+    assert!(rep.is_sound(), "the writer's judgement: nothing it can prove");
+    assert_eq!(rep.next_seq, last.base_seq);
+    match rep.completeness {
+        Completeness::TailBeyond(t) => {
+            assert_eq!((t.next_seq, t.segment_id), (written.len() as u64 + 1, last.id))
+        }
+        other => panic!("expected TAIL evidence, got {other:?}"),
+    }
+    // Without TAIL either, nothing bounds the end: unproven, never "complete".
+    std::fs::remove_file(dir.path().join("TAIL")).unwrap();
+    let rep = check();
+    assert_eq!(rep.completeness, Completeness::Unproven);
+    assert_eq!(rep.tail_hint, None);
+}
