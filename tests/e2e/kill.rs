@@ -101,7 +101,10 @@ fn one(seed: u64, iteration: u64) {
     let ledger_at_kill = e.read("ledger.txt").lines().count();
     let requests = e.run(&["builds", "--format", "json"]).ok().json_lines();
     let evs = events(&e);
-    let cancelling = !events_of(&evs, "jobEvent", Some("JOB_CANCELLED")).is_empty();
+    // A cancellation under way (runs cancelled), or done (a SIGINT while planning records the
+    // request CANCELLED at once).
+    let cancelling = !events_of(&evs, "jobEvent", Some("JOB_CANCELLED")).is_empty()
+        || requests.first().is_some_and(|r| r["status"] == "BUILD_REQUEST_CANCELLED");
     if kind == 7 {
         // Kill a first recover too, then recover again.
         let r = e.spawn(&["recover", "--jobs", "2"], &env);
