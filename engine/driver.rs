@@ -227,6 +227,9 @@ struct Live {
     run: String,
     attempt: u32,
     pgid: i32,
+    /// The leader's start time (clock ticks since boot): tells it from a later process that
+    /// reuses its pid.
+    start_ticks: Option<u64>,
     ready: Option<std::io::PipeWriter>,
     released: Option<(SystemTime, Instant)>,
     timed_out: bool,
@@ -651,6 +654,7 @@ impl Driver {
                         run: run.clone(),
                         attempt,
                         pgid,
+                        start_ticks: sys::start_ticks(pgid),
                         ready: Some(ready),
                         released: None,
                         timed_out: false,
@@ -796,6 +800,11 @@ impl Driver {
     fn on_timeout(&mut self, run: &str) {
         let Some(l) = self.live.get_mut(run) else { return };
         if l.released.is_none() || l.timed_out {
+            return;
+        }
+        // A stalled engine (SIGSTOP, swap) can see its timer fire after the job already ended by
+        // itself: then its exit, still on its way here, decides the outcome, not the timer.
+        if sys::is_zombie(l.pgid) || sys::start_ticks(l.pgid) != l.start_ticks {
             return;
         }
         l.timed_out = true;

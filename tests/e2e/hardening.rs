@@ -209,3 +209,31 @@ fn a_job_that_kills_the_engine_is_not_rerun_forever() {
     assert_eq!(e.ledger().len(), 2);
     e.run(&["verify"]).ok();
 }
+
+/// A job that exits 1 while the engine is stalled (SIGSTOP, swap) past its timeout is recorded as
+/// what it did (exited with code 1), not TIMED_OUT.
+#[test]
+fn a_job_that_ended_while_the_engine_was_stalled_keeps_its_exit_status() {
+    let e = Env::generic(&[("raw", r"raw/\d+")]);
+    let toml = e.read("databuild.toml") + "timeout_seconds = 1\n";
+    e.write("databuild.toml", &toml);
+    let job = e.read("jobs/generic.sh").replace(
+        "r=$1\necho \"$r\" >> ledger.txt\n",
+        "r=$1\necho \"$r\" >> ledger.txt\nsleep 0.3; exit 1\n",
+    );
+    e.script("jobs/generic.sh", &job);
+    let child = e.spawn(&["build", "raw/1"], &[]);
+    wait_until("the job started", || e.exists("ledger.txt"));
+    signal(&child, "STOP");
+    // The job ends by itself meanwhile, and the timer's deadline passes.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    signal(&child, "CONT");
+    let out = finish(child, DEADLINE);
+    out.code(1);
+    let evs = events(&e);
+    let failed = events_of(&evs, "jobEvent", Some("JOB_FAILED"));
+    assert_eq!(failed.len(), 1);
+    let j = &failed[0]["event"]["jobEvent"];
+    assert_eq!(j["failure"], "JOB_FAILURE_EXIT_NONZERO", "{j}");
+    assert!(j["message"].as_str().unwrap_or("").contains("exited with code 1"), "{j}");
+}
