@@ -63,6 +63,8 @@ struct Filter {
     labels: HashMap<String, String>,
     seen_build: bool,
     seen_run: bool,
+    /// `--until TIME` cuts the log at the first event stamped after TIME (as `status --at`).
+    past_until: bool,
 }
 
 impl Filter {
@@ -75,13 +77,16 @@ impl Filter {
         if self.build.as_deref() == Some(ev.build_request_id.as_str()) {
             self.seen_build = true;
         }
-        if seq < self.since {
-            return false;
-        }
         match self.until {
             Some(Until::Seq(s)) if seq > s => return false,
-            Some(Until::Time(t)) if ev.timestamp > t => return false,
+            Some(Until::Time(t)) if self.past_until || ev.timestamp > t => {
+                self.past_until = true;
+                return false;
+            }
             _ => {}
+        }
+        if seq < self.since {
+            return false;
         }
         if let Some(b) = &self.build
             && &ev.build_request_id != b
@@ -154,6 +159,7 @@ pub fn replay(ctx: &Ctx, a: ReplayArgs) -> Result<u8, CliError> {
         labels: HashMap::new(),
         seen_build: false,
         seen_run: false,
+        past_until: false,
     };
     let mut reader = open_reader(ctx)?;
     let mut next = 1u64;

@@ -54,7 +54,7 @@ pub fn status_rows(state: &State, refs: &[String]) -> Vec<StatusRow> {
 pub enum Until {
     /// After this seq (0: before everything).
     Seq(u64),
-    /// After the last event whose timestamp (ns) is at most this.
+    /// Before the first event stamped (ns) after this (see [`last_seq_at_or_before`]).
     Time(i64),
 }
 
@@ -71,18 +71,34 @@ pub fn state_at(reader: &Reader, until: Until) -> Result<State, StoreError> {
     Ok(store::fold_with_snapshot(reader, last)?.0)
 }
 
-/// The last seq whose event's timestamp is at most `t` (0 if none). Timestamps are informational
-/// and could go backwards across machines, so this scans rather than bisects.
+/// Where time travel to `t` cuts the log: the seq before the first event stamped after `t` (0
+/// if the first one is). The log's order is the history's order: with a clock that went
+/// backwards, a later event stamped at or before `t` is still after the cut, so `status --at`
+/// and `replay --until` show the same prefix. Timestamps are not sorted, so this scans (and
+/// stops at the cut).
 pub fn last_seq_at_or_before(reader: &Reader, t: i64) -> Result<u64, StoreError> {
-    let mut last = 0;
-    reader.for_each_from(1, |seq, bytes| -> Result<(), StoreError> {
-        let ev = decode(seq, bytes)?;
-        if ev.timestamp <= t {
-            last = seq;
+    enum Stop {
+        Cut,
+        Failed(StoreError),
+    }
+    impl From<databuild_log::ReadError> for Stop {
+        fn from(e: databuild_log::ReadError) -> Stop {
+            Stop::Failed(StoreError::Read(e))
         }
+    }
+    let mut last = 0;
+    let walked = reader.for_each_from(1, |seq, bytes| -> Result<(), Stop> {
+        let ev = decode(seq, bytes).map_err(Stop::Failed)?;
+        if ev.timestamp > t {
+            return Err(Stop::Cut);
+        }
+        last = seq;
         Ok(())
-    })?;
-    Ok(last)
+    });
+    match walked {
+        Ok(()) | Err(Stop::Cut) => Ok(last),
+        Err(Stop::Failed(e)) => Err(e),
+    }
 }
 
 fn decode(seq: u64, bytes: &[u8]) -> Result<BuildEvent, StoreError> {

@@ -241,3 +241,63 @@ fn readers_write_nothing_and_writers_sweep_stale_temporary_files() {
         std::fs::read_dir(&snaps).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left.len(), 1, "{left:?}");
 }
+
+/// A clock that the test sets.
+#[derive(Debug, Default)]
+struct SetClock(std::sync::atomic::AtomicI64);
+
+impl store::Stamp for SetClock {
+    fn now_ns(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn new_id(&self) -> String {
+        store::SystemStamp.new_id()
+    }
+}
+
+/// With a clock that went backwards, `status --at TIME` and `replay --until TIME` cut the log at
+/// the same place: before the first event stamped after TIME (the log's order is the history's).
+#[test]
+fn time_travel_cuts_at_the_first_event_stamped_after_the_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let clock = std::sync::Arc::new(SetClock::default());
+    let s = 1_000_000_000i64;
+    let (st, _) = Store::open(&log, StoreOptions { stamp: clock.clone(), ..opts() }).unwrap();
+    let set = |t: i64| clock.0.store(t, std::sync::atomic::Ordering::SeqCst);
+    set(1_000 * s);
+    request(&st, 0);
+    let cut = st.state().last_seq;
+    set(2_000 * s);
+    request(&st, 1);
+    set(500 * s); // the clock jumps back
+    request(&st, 2);
+    st.flush().unwrap().map(|p| p.wait().unwrap());
+    st.close().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_databuild"))
+            .args(args)
+            .arg("--log")
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let at = "1970-01-01T00:25:00Z"; // 1,500 s
+    let replayed: Vec<u64> = run(&["replay", "--until", at, "--format", "json"])
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(replayed, (1..=cut).collect::<Vec<_>>(), "replay stops at the cut");
+    let status = run(&["status", "--at", at, "--format", "json"]);
+    let available: Vec<String> = status
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|p| p["status"] == "PARTITION_AVAILABLE")
+        .map(|p| p["partitionRef"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(available, ["in/0", "out/0"], "status --at shows the same prefix");
+    let reader = Reader::open(&log, ReadOptions::default()).unwrap();
+    assert_eq!(query::state_at(&reader, Until::Time(1_500 * s)).unwrap(), full_fold(&log, cut));
+}

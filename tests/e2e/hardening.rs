@@ -13,7 +13,7 @@ fn available(e: &Env) -> Vec<String> {
         .json_lines()
         .into_iter()
         .filter(|p| p["status"] == "PARTITION_AVAILABLE")
-        .filter_map(|p| p["ref"].as_str().map(str::to_string))
+        .filter_map(|p| p["partitionRef"].as_str().map(str::to_string))
         .collect()
 }
 
@@ -48,6 +48,7 @@ fn a_snapshot_of_a_cut_history_is_never_used() {
         let out = e.run(&["build", &r]);
         out.ok();
         let avail = available(&e);
+        assert!(avail.contains(&r), "{r} was just built: {avail:?}");
         assert!(
             avail.iter().all(|p| p.starts_with("new/")),
             "after {r} (seq {}): the cut partitions show AVAILABLE: {avail:?}",
