@@ -186,9 +186,65 @@ pub fn validate(
                 return Err(format!("config #{} has invalid env name {k:?}", i + 1));
             }
         }
+        check_exec_limits(c).map_err(|why| format!("config #{} cannot be run: {why}", i + 1))?;
     }
     if let Some(missing) = call.refs.iter().find(|r| !covered.contains(r.as_str())) {
         return Err(format!("no config produces '{missing}', which was asked for"));
+    }
+    Ok(())
+}
+
+/// Linux refuses to start a program with any one argument or environment string longer than
+/// this (MAX_ARG_STRLEN, 32 pages), whatever ARG_MAX says.
+pub const EXEC_STRING_BYTES_MAX: usize = 128 << 10;
+/// Most bytes of arguments and environment a config may add to its `exec`: ARG_MAX is a quarter
+/// of the stack limit (2 MiB by default), and the process environment needs room too.
+pub const EXEC_TOTAL_BYTES_MAX: usize = 1 << 20;
+
+/// Checks, at planning, that `exec` of this config can be started: `DATABUILD_OUTPUTS` (every
+/// output, space-separated), each argument and each environment entry within the kernel's
+/// per-string limit, and all of them within a total that leaves room for the process's own
+/// environment. Otherwise the run would fail at spawn time with an error about "argument list".
+pub fn check_exec_limits(c: &JobConfig) -> Result<(), String> {
+    let outputs: usize =
+        c.outputs.iter().map(|o| o.str.len() + 1).sum::<usize>() + "DATABUILD_OUTPUTS=".len();
+    if outputs > EXEC_STRING_BYTES_MAX {
+        return Err(format!(
+            "its {} outputs make DATABUILD_OUTPUTS {} KiB, over the kernel's limit of {} KiB for one environment string; split it into configs with fewer outputs",
+            c.outputs.len(),
+            outputs >> 10,
+            EXEC_STRING_BYTES_MAX >> 10
+        ));
+    }
+    let mut total = outputs;
+    for (n, a) in c.args.iter().enumerate() {
+        if a.len() + 1 > EXEC_STRING_BYTES_MAX {
+            return Err(format!(
+                "argument {} is {} KiB, over the kernel's limit of {} KiB for one argument",
+                n + 1,
+                a.len() >> 10,
+                EXEC_STRING_BYTES_MAX >> 10
+            ));
+        }
+        total += a.len() + 1;
+    }
+    for (k, v) in &c.env {
+        let n = k.len() + v.len() + 2;
+        if n > EXEC_STRING_BYTES_MAX {
+            return Err(format!(
+                "env {k} is {} KiB, over the kernel's limit of {} KiB for one environment string",
+                n >> 10,
+                EXEC_STRING_BYTES_MAX >> 10
+            ));
+        }
+        total += n;
+    }
+    if total > EXEC_TOTAL_BYTES_MAX {
+        return Err(format!(
+            "its arguments, env and DATABUILD_OUTPUTS add up to {} KiB, over the {} KiB databuild allows (the kernel's ARG_MAX must also hold the process environment); pass large data through files",
+            total >> 10,
+            EXEC_TOTAL_BYTES_MAX >> 10
+        ));
     }
     Ok(())
 }
@@ -490,6 +546,27 @@ mod tests {
         assert!(parse_response(b"[]").is_err());
         assert!(parse_response(b"").is_err());
         assert!(parse_response(b"\xff").is_err());
+    }
+
+    #[test]
+    fn a_config_whose_exec_the_kernel_would_refuse_is_refused_at_planning() {
+        let outs = |n: usize| -> Vec<crate::proto::PartitionRef> {
+            (0..n).map(|i| crate::proto::PartitionRef { str: format!("p/{i:08}") }).collect()
+        };
+        let ok = JobConfig { outputs: outs(1000), ..JobConfig::default() };
+        assert!(check_exec_limits(&ok).is_ok());
+        let many = JobConfig { outputs: outs(15_000), ..JobConfig::default() };
+        let why = check_exec_limits(&many).unwrap_err();
+        assert!(why.contains("DATABUILD_OUTPUTS") && why.contains("128 KiB"), "{why}");
+        let long_arg =
+            JobConfig { outputs: outs(1), args: vec!["x".repeat(200_000)], ..JobConfig::default() };
+        assert!(check_exec_limits(&long_arg).unwrap_err().contains("argument 1"));
+        let total = JobConfig {
+            outputs: outs(1),
+            args: (0..20).map(|_| "y".repeat(100_000)).collect(),
+            ..JobConfig::default()
+        };
+        assert!(check_exec_limits(&total).unwrap_err().contains("add up to"));
     }
 
     #[test]

@@ -238,3 +238,17 @@ fn a_job_that_ended_while_the_engine_was_stalled_keeps_its_exit_status() {
     assert_eq!(j["failure"], "JOB_FAILURE_EXIT_NONZERO", "{j}");
     assert!(j["message"].as_str().unwrap_or("").contains("exited with code 1"), "{j}");
 }
+
+/// A config with so many outputs that `DATABUILD_OUTPUTS` passes the kernel's per-string limit
+/// is refused at planning, naming that limit (it used to fail every run with "argument list").
+#[test]
+fn a_config_the_kernel_could_not_exec_is_refused_at_planning() {
+    let e = Env::generic(&[("big", r"big/\d+")]);
+    let outs: String = (0..15_000).map(|i| format!("big/{i:08}\n")).collect();
+    e.write("outputs/big_00000000", &outs);
+    let out = e.run(&["build", "big/00000000"]);
+    out.code(2);
+    let line = out.error_line();
+    assert!(line.contains("DATABUILD_OUTPUTS") && line.contains("128 KiB"), "{line}");
+    assert!(!e.exists("ledger.txt"), "nothing ran");
+}
