@@ -119,7 +119,7 @@ fn main() {
     ));
     store.submit(accepted).unwrap().wait().unwrap();
     let t = Instant::now();
-    let (events, _, _) = databuild::driver::plan_commit(&store, &req, plan);
+    let events = databuild::engine::plan_commit(&store, &req, plan, &Default::default()).events;
     let n = events.len();
     let build_s = t.elapsed().as_secs_f64();
     let p = store.submit(events).unwrap();

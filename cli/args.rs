@@ -87,6 +87,32 @@ pub enum Command {
     Repair(RepairArgs),
     /// Remove old job output of ended runs and torn-tail/repair backups (never the event log)
     Gc(GcArgs),
+    /// Cancel a build request that has not ended
+    Cancel(CancelArgs),
+    /// Run exactly a JobGraph (as `analyze --format json` prints it), without calling `config`
+    Execute(ExecuteArgs),
+}
+
+/// `cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The build request id (see `databuild builds`)
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+/// `execute`.
+#[derive(Debug, Args)]
+pub struct ExecuteArgs {
+    /// A JobGraph in proto3 JSON, or - for standard input
+    #[arg(value_name = "FILE|-")]
+    pub file: String,
+    /// Run at most N jobs at once [default: number of CPUs]
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// If another databuild is writing the log, wait for it instead of exiting with code 3
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// `build`.

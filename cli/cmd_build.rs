@@ -3,15 +3,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use databuild::driver::{KILL_GRACE, Observer, Outcome, Settings};
+use databuild::engine::{
+    BuildSpec, Engine, EngineHandle, KILL_GRACE, Note, Observer, RequestEnd, Settings,
+};
+use databuild::executor::local::Local;
 use databuild::graph::Graph;
-use databuild::planner::Plan;
+use databuild::planner::{Plan, PlanError};
 use databuild::proto::BuildRequestStatus;
-use databuild::request::{self, BuildSpec};
 use databuild::store::{Store, StoreOptions};
 use databuild_log::WriterOptions;
 
-use crate::args::{AnalyzeArgs, BuildArgs, Format};
+use crate::args::{AnalyzeArgs, BuildArgs, ExecuteArgs, Format};
 use crate::context::Ctx;
 use crate::exit::{self, CliError};
 use crate::progress::Progress;
@@ -42,15 +44,98 @@ pub fn open_store(ctx: &Ctx, wait: bool) -> Result<Store, CliError> {
     Ok(store)
 }
 
-pub fn settings(ctx: &Ctx, jobs: Option<u32>) -> Result<Settings, CliError> {
-    let shim = std::env::current_exe()
-        .map_err(|e| CliError::internal(format!("cannot find the databuild executable: {e}")))?;
-    Ok(Settings {
+pub fn settings(ctx: &Ctx, jobs: Option<u32>) -> Settings {
+    Settings {
         jobs: jobs.map_or_else(cpus, |j| j as usize),
-        shim,
         logs_dir: ctx.logs_dir.clone(),
         grace: KILL_GRACE,
-    })
+    }
+}
+
+/// The local executor, with this very executable as the job shim.
+pub fn local_executor(ctx: &Ctx) -> Result<Arc<Local>, CliError> {
+    let shim = std::env::current_exe()
+        .map_err(|e| CliError::internal(format!("cannot find the databuild executable: {e}")))?;
+    Ok(Arc::new(Local { shim, logs_dir: ctx.logs_dir.clone() }))
+}
+
+/// How a command's requests ended, and the signal that cancelled them, if any.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub requests: Vec<RequestEnd>,
+    pub signal: Option<i32>,
+}
+
+/// Forwards notes to the progress renderer and keeps a planning failure for the exit code.
+struct Capture {
+    inner: Arc<dyn Observer>,
+    plan_failed: parking_lot::Mutex<Option<Arc<PlanError>>>,
+}
+
+impl Observer for Capture {
+    fn note(&self, note: Note) {
+        if let Note::PlanFailed { error, .. } = &note {
+            self.plan_failed.lock().get_or_insert_with(|| error.clone());
+        }
+        self.inner.note(note);
+    }
+}
+
+/// SIGINT and SIGTERM, handled from before anything is written: the binary owns signals and
+/// turns them into cancels of its own requests.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals, CliError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e: std::io::Error| CliError::internal(format!("cannot handle signals: {e}"));
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+            term: signal(SignalKind::terminate()).map_err(err)?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    pub async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => databuild::sys::SIGINT,
+            _ = self.term.recv() => databuild::sys::SIGTERM,
+        }
+    }
+}
+
+/// Waits for `count` requests to end, cancelling `ids` on a signal (a second signal stops their
+/// runs at once). Returns the ends in the order they came and the first signal.
+pub async fn wait_for_ends(
+    handle: &EngineHandle,
+    ends: &mut tokio::sync::mpsc::UnboundedReceiver<RequestEnd>,
+    ids: &[String],
+    count: usize,
+    signals: &mut Signals,
+    progress: &dyn Observer,
+) -> Outcome {
+    let mut out = Outcome::default();
+    while out.requests.len() < count {
+        tokio::select! {
+            end = ends.recv() => match end {
+                Some(e) => out.requests.push(e),
+                None => break,
+            },
+            sig = signals.next() => {
+                if out.signal.is_none() {
+                    out.signal = Some(sig);
+                    progress.note(Note::Cancelling { signal: sig });
+                }
+                for id in ids {
+                    let _ = handle.cancel(id, "cancelled by signal").await;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Prints how each request ended (one line each, or one JSON object each).
@@ -124,32 +209,134 @@ pub fn build(ctx: &Ctx, a: BuildArgs) -> Result<u8, CliError> {
         );
     }
     ctx.check_logs_dir()?;
-    let store = Arc::new(open_store(ctx, a.wait)?);
-    crate::cmd_recover::reconcile_before_build(ctx, &store)?;
     let progress =
         Arc::new(Progress::new(ctx.quiet || ctx.format == Format::Json).verbose(ctx.verbose > 0));
-    let observer: Arc<dyn Observer> = progress.clone();
-    let started = Instant::now();
-    let spec = BuildSpec { refs: a.refs.clone(), force: a.force };
-    let result =
-        rt.block_on(request::build(store.clone(), graph, settings(ctx, a.jobs)?, observer, spec));
-    progress.finish();
-    close(store);
-    match result {
-        Ok((_, outcome)) => {
-            print_outcome(ctx, &outcome, started.elapsed(), "build");
-            judge(&outcome)
-        }
-        Err(e) => Err(exit::build_error(&e, &ctx.log_dir)),
-    }
+    let spec = BuildSpec { refs: a.refs.clone(), force: a.force, cap: None };
+    let how = Run { wait: a.wait, jobs: a.jobs, verb: "build" };
+    run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.submit(spec, o).await })
 }
 
-/// Closes the store if this is the last handle (dropping it closes cleanly too).
-pub fn close(store: Arc<Store>) {
-    if let Ok(s) = Arc::try_unwrap(store)
-        && let Err(e) = s.close()
+pub fn execute(ctx: &Ctx, a: ExecuteArgs) -> Result<u8, CliError> {
+    ctx.formats("execute", &[Format::Text, Format::Json])?;
+    let graph = Arc::new(ctx.graph()?);
+    let text = if a.file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| {
+            CliError::bad_input(format!("cannot read the JobGraph from stdin: {e}"))
+        })?;
+        s
+    } else {
+        std::fs::read_to_string(&a.file).map_err(|e| {
+            CliError::bad_input(format!("cannot read the JobGraph file {}: {e}", a.file))
+        })?
+    };
+    let jg = databuild::execute::parse_job_graph(&text).map_err(|e| {
+        CliError::bad_input(format!(
+            "{}: {e}; `databuild analyze REF... --format json` prints one",
+            if a.file == "-" { "stdin" } else { a.file.as_str() }
+        ))
+    })?;
+    let rt = runtime()?;
+    ctx.check_logs_dir()?;
+    let progress =
+        Arc::new(Progress::new(ctx.quiet || ctx.format == Format::Json).verbose(ctx.verbose > 0));
+    let how = Run { wait: a.wait, jobs: a.jobs, verb: "execute" };
+    run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.execute(jg, None, o).await })
+}
+
+/// How a one-request command opens the log and names its result.
+pub struct Run {
+    /// Wait for another writer instead of exiting 3.
+    pub wait: bool,
+    /// The engine's slots.
+    pub jobs: Option<u32>,
+    /// The result line's verb.
+    pub verb: &'static str,
+}
+
+/// Opens the engine, submits one request with `submit`, renders its notes until it ends (a
+/// signal cancels it), closes the engine, and maps the end to an exit code.
+pub fn run_one<F, Fut>(
+    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
+    graph: Arc<Graph>,
+    how: Run,
+    progress: Arc<Progress>,
+    submit: F,
+) -> Result<u8, CliError>
+where
+    F: FnOnce(EngineHandle, Arc<dyn Observer>) -> Fut,
+    Fut: std::future::Future<Output = Result<String, databuild::engine::SubmitError>>,
+{
+    let executor = local_executor(ctx)?;
+    let settings = settings(ctx, how.jobs);
+    let _guard = rt.enter();
+    let mut signals = Signals::install()?;
+    let store = Arc::new(open_store(ctx, how.wait)?);
+    let capture = Arc::new(Capture { inner: progress.clone(), plan_failed: Default::default() });
+    let started = Instant::now();
+    let result = rt.block_on(async {
+        let (engine, reconciled) =
+            Engine::open(store.clone(), graph, settings, executor).await.map_err(|e| (e, None))?;
+        crate::cmd_recover::report_reconciled(&reconciled, true);
+        let handle = engine.handle();
+        let (observer, mut ends) = databuild::engine::with_ends(capture.clone());
+        let id = match submit(handle.clone(), observer).await {
+            Ok(id) => id,
+            Err(e) => {
+                let closed = engine.close().await;
+                return Err((
+                    closed.err().unwrap_or(databuild::engine::EngineError::Closed),
+                    Some(e),
+                ));
+            }
+        };
+        let outcome = wait_for_ends(
+            &handle,
+            &mut ends,
+            std::slice::from_ref(&id),
+            1,
+            &mut signals,
+            &*capture,
+        )
+        .await;
+        drop(handle);
+        engine.close().await.map_err(|e| (e, None))?;
+        Ok(outcome)
+    });
+    progress.finish();
+    close(store);
+    let outcome = match result {
+        Ok(o) => o,
+        Err((_, Some(submit_err)))
+            if !matches!(submit_err, databuild::engine::SubmitError::Engine(_)) =>
+        {
+            return Err(exit::submit_error(&submit_err, &ctx.log_dir));
+        }
+        Err((e, _)) => return Err(exit::engine_error(&e, &ctx.log_dir)),
+    };
+    if outcome.signal.is_none()
+        && let Some(e) = capture.plan_failed.lock().take()
     {
-        eprintln!("warning: closing the event log: {e}");
+        return Err(exit::plan_error(&e));
+    }
+    if outcome.requests.is_empty() {
+        return Err(CliError::internal("the engine ended without finishing the request"));
+    }
+    print_outcome(ctx, &outcome, started.elapsed(), how.verb);
+    judge(&outcome)
+}
+
+/// Closes the log (writing a snapshot if one is due). Everything else that held the store (the
+/// engine loop, its tasks) is gone by now.
+pub fn close(store: Arc<Store>) {
+    match Arc::try_unwrap(store) {
+        Ok(s) => {
+            if let Err(e) = s.close() {
+                eprintln!("warning: closing the event log: {e}");
+            }
+        }
+        Err(_) => eprintln!("warning: the event log is still in use; it is closed at exit"),
     }
 }
 
@@ -162,7 +349,7 @@ pub fn analyze(ctx: &Ctx, a: AnalyzeArgs) -> Result<u8, CliError> {
     let rt = runtime()?;
     let jobs = a.jobs.map_or_else(cpus, |j| j as usize);
     let plan = rt
-        .block_on(request::analyze(&graph, state, &a.refs, a.force, jobs))
+        .block_on(databuild::planner::analyze(&graph, state, &a.refs, a.force, jobs))
         .map_err(|e| exit::plan_error(&e))?;
     if ctx.verbose > 0 {
         for l in crate::progress::dropped_lines(&plan.dropped) {

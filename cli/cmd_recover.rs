@@ -1,85 +1,104 @@
-//! `recover`, and the reconciliation `build` does first.
+//! `recover`, and what a writing command says about what reconciliation found.
 
-use databuild::driver::KILL_GRACE;
-use databuild::recovery;
-use databuild::store::Store;
+use std::sync::Arc;
 
+use databuild::engine::Engine;
+use databuild::recovery::{self, Reconciled};
+
+use crate::cmd_build::{Outcome, Signals, close, local_executor, open_store, settings};
 use crate::context::Ctx;
 use crate::exit::{self, CliError};
 
-/// Before a build: record runs a crash left live as failed, and say how to resume interrupted
-/// requests (only `recover` resumes them).
-pub fn reconcile_before_build(ctx: &Ctx, store: &Store) -> Result<(), CliError> {
-    let r =
-        recovery::reconcile(store, KILL_GRACE).map_err(|e| exit::commit_error(&e, &ctx.log_dir))?;
+/// Says what reconciliation did: runs a crash left live recorded as failed, and (for commands
+/// that do not resume them) the interrupted requests only `recover` resumes.
+pub fn report_reconciled(r: &Reconciled, mention_interrupted: bool) {
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
-    if !r.runs.is_empty() {
-        eprintln!(
-            "note: recorded {} job runs interrupted by an earlier crash as failed",
-            r.runs.len()
-        );
+    if mention_interrupted {
+        if !r.runs.is_empty() {
+            eprintln!(
+                "note: recorded {} job runs interrupted by an earlier crash as failed",
+                r.runs.len()
+            );
+        }
+        if !r.interrupted.is_empty() {
+            eprintln!(
+                "note: {} interrupted build request(s) ({}); run `databuild recover` to finish them",
+                r.interrupted.len(),
+                r.interrupted.join(", ")
+            );
+        }
+    } else {
+        for (run, what) in &r.runs {
+            eprintln!("recorded job run {run} as failed ({}): {what}", recovery::ENGINE_STOPPED);
+        }
     }
-    if !r.interrupted.is_empty() {
-        eprintln!(
-            "note: {} interrupted build request(s) ({}); run `databuild recover` to finish them",
-            r.interrupted.len(),
-            r.interrupted.join(", ")
-        );
-    }
-    Ok(())
 }
 
 pub fn recover(ctx: &Ctx, a: crate::args::RecoverArgs) -> Result<u8, CliError> {
-    use std::sync::Arc;
-
-    use databuild::driver::{Observer, Outcome};
-
     ctx.formats("recover", &[crate::args::Format::Text, crate::args::Format::Json])?;
     let graph = Arc::new(ctx.graph()?);
     let rt = crate::cmd_build::runtime()?;
     ctx.check_logs_dir()?;
-    let store = Arc::new(crate::cmd_build::open_store(ctx, a.wait)?);
-    let settings = crate::cmd_build::settings(ctx, a.jobs)?;
+    let executor = local_executor(ctx)?;
+    let settings = settings(ctx, a.jobs);
+    let _guard = rt.enter();
+    let mut signals = Signals::install()?;
+    let store = Arc::new(open_store(ctx, a.wait)?);
     let progress = Arc::new(crate::progress::Progress::new(
         ctx.quiet || ctx.format == crate::args::Format::Json,
     ));
-    let observer: Arc<dyn Observer> = progress.clone();
     let started = std::time::Instant::now();
-    let result = rt.block_on(recovery::recover(store.clone(), graph, settings, observer));
-    progress.finish();
-    crate::cmd_build::close(store);
-    let r = result.map_err(|e| match e {
-        recovery::RecoverError::Commit(c) => exit::commit_error(&c, &ctx.log_dir),
-        recovery::RecoverError::Driver(d) => {
-            exit::build_error(&databuild::request::BuildError::Driver(d), &ctx.log_dir)
+    let result = rt.block_on(async {
+        let (engine, reconciled) = Engine::open(store.clone(), graph, settings, executor).await?;
+        report_reconciled(&reconciled, false);
+        let handle = engine.handle();
+        let (observer, mut ends) = databuild::engine::with_ends(progress.clone());
+        let resumed = match handle.resume(observer).await {
+            Ok(r) => r,
+            Err(e) => {
+                drop(handle);
+                let _ = engine.close().await;
+                return Err(e);
+            }
+        };
+        for w in &resumed.warnings {
+            eprintln!("warning: {w}");
         }
-        other => CliError::log(format!("{other}; run `databuild verify` for a report")),
-    })?;
-    for w in r.reconciled.warnings.iter().chain(&r.warnings) {
-        eprintln!("warning: {w}");
-    }
-    for (run, what) in &r.reconciled.runs {
-        eprintln!("recorded job run {run} as failed ({}): {what}", recovery::ENGINE_STOPPED);
-    }
-    if r.outcome.requests.is_empty() {
+        let count = resumed.requests.len() + resumed.finished_cancellations.len();
+        let outcome = crate::cmd_build::wait_for_ends(
+            &handle,
+            &mut ends,
+            &resumed.requests,
+            count,
+            &mut signals,
+            &*progress,
+        )
+        .await;
+        drop(handle);
+        engine.close().await?;
+        Ok((outcome, resumed.finished_cancellations))
+    });
+    progress.finish();
+    close(store);
+    let (outcome, finished) = result.map_err(|e| exit::engine_error(&e, &ctx.log_dir))?;
+    if outcome.requests.is_empty() {
         if !ctx.quiet {
             crate::render::out("nothing to recover: no interrupted build requests");
         }
         return Ok(exit::SUCCESS);
     }
-    crate::cmd_build::print_outcome(ctx, &r.outcome, started.elapsed(), "recovered");
+    crate::cmd_build::print_outcome(ctx, &outcome, started.elapsed(), "recovered");
     // A cancellation the crash interrupted was finished as the user asked: it counts as done.
     let judged = Outcome {
-        requests: r
-            .outcome
+        requests: outcome
             .requests
             .iter()
-            .filter(|x| !r.finished_cancellations.contains(&x.request))
+            .filter(|x| !finished.contains(&x.request))
             .cloned()
             .collect(),
-        signal: r.outcome.signal,
+        signal: outcome.signal,
     };
     crate::cmd_build::judge(&judged)
 }

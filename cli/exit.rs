@@ -7,10 +7,9 @@
 use std::path::Path;
 
 use databuild::config::ConfigErrorKind;
-use databuild::driver::DriverError;
+use databuild::engine::{EngineError, SubmitError};
 use databuild::graph::{GraphError, LookupError};
 use databuild::planner::PlanError;
-use databuild::request::BuildError;
 use databuild::store::{CommitError, StoreError};
 use databuild_log::OpenError;
 
@@ -163,15 +162,22 @@ pub fn commit_error(e: &CommitError, dir: &Path) -> CliError {
     }
 }
 
-pub fn build_error(e: &BuildError, dir: &Path) -> CliError {
+pub fn engine_error(e: &EngineError, dir: &Path) -> CliError {
     match e {
-        BuildError::Lookup(l) => lookup_error(l),
-        BuildError::Plan(p) => plan_error(p),
-        BuildError::Commit(c) => commit_error(c, dir),
-        BuildError::Driver(DriverError::Commit(c)) => commit_error(c, dir),
-        BuildError::Driver(d) => {
-            CliError::log(format!("{d}; run `databuild recover` once the cause is fixed"))
-        }
+        EngineError::Commit(c) => commit_error(c, dir),
+        EngineError::Fatal(why) => CliError::log(format!(
+            "the event log in {} failed during the build, every job was stopped: {why}; check free space and permissions, then run `databuild recover`",
+            dir.display()
+        )),
+        other => CliError::internal(other),
+    }
+}
+
+pub fn submit_error(e: &SubmitError, dir: &Path) -> CliError {
+    match e {
+        SubmitError::Lookup(l) => lookup_error(l),
+        SubmitError::Invalid(why) => CliError::bad_input(format!("{why}; nothing was recorded")),
+        SubmitError::Engine(e) => engine_error(e, dir),
         other => CliError::internal(other),
     }
 }

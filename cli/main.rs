@@ -4,6 +4,7 @@ mod args;
 mod cmd_admin;
 mod cmd_audit;
 mod cmd_build;
+mod cmd_cancel;
 mod cmd_gc;
 mod cmd_history;
 mod cmd_recover;
@@ -48,5 +49,7 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
         C::Verify => cmd_admin::verify(&ctx),
         C::Repair(a) => cmd_admin::repair(&ctx, a),
         C::Gc(a) => cmd_gc::gc(&ctx, a),
+        C::Cancel(a) => cmd_cancel::cancel(&ctx, a),
+        C::Execute(a) => cmd_build::execute(&ctx, a),
     }
 }

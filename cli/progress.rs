@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
-use databuild::driver::{Note, Observer};
+use databuild::engine::{Note, Observer};
 use databuild::proto::JobStatus;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
@@ -118,11 +118,17 @@ impl Observer for Progress {
     fn note(&self, note: Note) {
         let mut c = self.counts.lock();
         match note {
-            Note::Planned { tasks, skipped, dropped, .. } => {
+            Note::Planned { tasks, skipped, dropped, delegated, .. } => {
                 if self.verbose {
                     for l in dropped_lines(&dropped) {
                         self.line(l);
                     }
+                }
+                for (r, to) in &delegated {
+                    self.line(format!(
+                        "delegated {} to active build request {to}",
+                        render::safe(r)
+                    ));
                 }
                 c.total = tasks;
                 c.skipped = skipped;
@@ -170,7 +176,10 @@ impl Observer for Progress {
                 self.line(format!("{name}: cancelling the build (stopping running jobs; send it again to kill them now)"));
             }
             Note::Warning(w) => self.line(format!("warning: {w}")),
+            // The error line says why, with the config's stderr (exit 2).
+            Note::PlanFailed { .. } => {}
             Note::Done { .. } => {}
+            _ => {}
         }
         self.refresh(&c);
     }

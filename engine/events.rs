@@ -108,6 +108,8 @@ pub struct Job<'a> {
     pub manifests: Vec<PartitionManifest>,
     /// The process (RUNNING).
     pub process: Option<ProcessInfo>,
+    /// The executor's handle (RUNNING).
+    pub executor: Option<crate::proto::ExecutorHandle>,
     /// Attempt number.
     pub attempt: u32,
     /// Failure kind (FAILED).
@@ -137,6 +139,7 @@ impl Job<'_> {
                 config: self.config,
                 manifests: self.manifests,
                 process: self.process,
+                executor: self.executor,
                 attempt: self.attempt,
                 failure: self.failure.map_or(0, |f| f as i32),
                 exit_code: self.exit_code,

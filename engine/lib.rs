@@ -9,14 +9,15 @@
 #![deny(missing_docs)]
 
 pub mod config;
-pub mod driver;
+pub mod engine;
 pub mod events;
+pub mod execute;
+pub mod executor;
 pub mod graph;
 pub mod planner;
 pub mod proto;
 pub mod query;
 pub mod recovery;
-pub mod request;
 pub mod scheduler;
 pub mod shim;
 pub mod state;

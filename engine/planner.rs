@@ -155,7 +155,7 @@ fn node(job: String, config: JobConfig) -> Node {
 }
 
 /// What the planner asks of the catalog.
-pub trait Catalog {
+pub trait Catalog: Sync {
     /// Whether the catalog shows `partition` AVAILABLE.
     fn is_available(&self, partition: &str) -> bool;
 }
@@ -450,6 +450,17 @@ pub async fn plan(
         }
     }
     planner.finish()
+}
+
+/// Plans `refs` against a read-only state: what a build would run. Nothing is written.
+pub async fn analyze(
+    graph: &Graph,
+    state: &State,
+    refs: &[String],
+    force: bool,
+    jobs: usize,
+) -> Result<Plan, PlanError> {
+    plan(graph, state, refs, force, jobs, None, None).await
 }
 
 #[cfg(test)]

@@ -7,18 +7,15 @@
 //! JOB_FAILED (ENGINE_STOPPED, "engine stopped while running") with its BUILDING partitions FAILED,
 //! in one commit. Nothing is ever left non-terminal that no live engine owns.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::events as ev;
-use crate::proto::{EngineEventKind, JobFailureKind, JobStatus, PartitionStatus, ProcessInfo};
+use crate::proto::{EngineEventKind, JobFailureKind, JobStatus, PartitionStatus};
 use crate::state::Run;
 use crate::store::{CommitError, Store};
-use crate::sys;
 
 /// The message recorded on runs a crash interrupted.
 pub const ENGINE_STOPPED: &str = "engine stopped while running";
-/// How often a stopping group is checked for exit.
-const STOP_POLL: Duration = Duration::from_millis(20);
 
 /// What reconciliation found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,69 +28,20 @@ pub struct Reconciled {
     pub warnings: Vec<String>,
 }
 
-/// Whether the process recorded for a run is provably still that run's, on this machine.
-fn provably_ours(run: &Run, p: &ProcessInfo, host: &str, boot_id: &str) -> bool {
-    if p.host != host || p.boot_id.is_empty() || p.boot_id != boot_id || p.pgid <= 1 {
-        return false;
-    }
-    let leader_same = sys::start_ticks(p.pid).is_some_and(|t| t == p.start_time_ticks)
-        && sys::process_group(p.pid) == Some(p.pgid);
-    if leader_same {
-        return true;
-    }
-    let entry = format!("DATABUILD_JOB_RUN_ID={}", run.id);
-    sys::group_members(p.pgid).into_iter().any(|pid| sys::environ_has(pid, &entry))
-}
-
-/// Stops a process group: SIGTERM, up to `grace`, SIGKILL, and waits until it is gone.
-pub fn stop_group(pgid: i32, grace: Duration) -> String {
-    if !sys::group_exists(pgid) {
-        return "already gone".to_string();
-    }
-    let _ = sys::signal_group(pgid, sys::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while sys::group_exists(pgid)
-        && !sys::group_members(pgid).is_empty()
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(STOP_POLL);
-    }
-    if !sys::group_exists(pgid) || sys::group_members(pgid).is_empty() {
-        return "stopped with SIGTERM".to_string();
-    }
-    let _ = sys::signal_group(pgid, sys::SIGKILL);
-    let hard = Instant::now() + Duration::from_secs(30);
-    while !sys::group_members(pgid).is_empty() && Instant::now() < hard {
-        std::thread::sleep(STOP_POLL);
-    }
-    "killed with SIGKILL".to_string()
-}
-
 /// Reconciles runs left live by a dead engine: stops their processes if provably theirs, and
 /// records them failed. Also lists interrupted requests.
-pub fn reconcile(store: &Store, grace: Duration) -> Result<Reconciled, CommitError> {
-    let host = databuild_log::fs::host_name();
-    let boot = sys::boot_id();
+pub fn reconcile(
+    store: &Store,
+    executor: &dyn crate::executor::Executor,
+    grace: Duration,
+) -> Result<Reconciled, CommitError> {
     let live: Vec<Run> = store.state().live_runs().into_iter().cloned().collect();
     let mut out = Reconciled::default();
     let mut events = Vec::new();
     for run in &live {
-        let what = match (&run.status, &run.process) {
-            (JobStatus::JobRunning, Some(p)) if provably_ours(run, p, &host, &boot) => {
-                format!("process group {} {}", p.pgid, stop_group(p.pgid, grace))
-            }
-            (JobStatus::JobRunning, Some(p)) if p.host != host => {
-                out.warnings.push(format!(
-                    "job run {} was running on host {} (pid {}); it was not signalled from here, stop it there if it is still running",
-                    run.id, p.host, p.pid
-                ));
-                "on another host, not signalled".to_string()
-            }
-            (JobStatus::JobRunning, Some(p)) => {
-                format!("process {} gone (or not provably the run's)", p.pid)
-            }
-            _ => "never started".to_string(),
-        };
+        let found = executor.reconcile(run, grace);
+        out.warnings.extend(found.warning);
+        let what = found.what;
         let targets: Vec<String> = run.targets.iter().map(|t| t.to_string()).collect();
         let mut j = ev::job(&run.request, &run.id, &run.job_label, &targets);
         j.failure = Some(JobFailureKind::JobFailureEngineStopped);
@@ -131,7 +79,7 @@ pub fn reconcile(store: &Store, grace: Duration) -> Result<Reconciled, CommitErr
 #[derive(Debug, Default)]
 pub struct Resume {
     /// Executions to drive, oldest request first.
-    pub execs: Vec<crate::driver::Exec>,
+    pub execs: Vec<crate::engine::Exec>,
     /// Requests interrupted before their plan was recorded: (id, requested refs, force).
     pub replan: Vec<(String, Vec<String>, bool)>,
     /// Requests closed without running anything (a cancellation the crash interrupted).
@@ -170,9 +118,13 @@ pub enum ResumeError {
 ///   gets it OOM-killed, is not re-run forever) and fails once its retries are spent. Genuine
 ///   failures stay failures. A
 ///   task whose outputs an older resumed request is building is actively delegated to it.
-pub fn prepare_resume(store: &Store, jobs: &crate::graph::Graph) -> Result<Resume, ResumeError> {
+pub fn prepare_resume(
+    store: &Store,
+    jobs: &crate::graph::Graph,
+    live: &std::collections::HashSet<String>,
+) -> Result<Resume, ResumeError> {
     let graph_digest = jobs.digest.as_str();
-    use crate::driver::Exec;
+    use crate::engine::Exec;
     use crate::planner::Plan;
     use crate::proto::BuildRequestStatus as B;
     use crate::scheduler::NodeState;
@@ -187,6 +139,9 @@ pub fn prepare_resume(store: &Store, jobs: &crate::graph::Graph) -> Result<Resum
     let mut building: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for r in requests {
         let req = r.id.to_string();
+        if live.contains(&req) {
+            continue;
+        }
         if !r.graph_digest.is_empty() && r.graph_digest != graph_digest {
             out.warnings.push(format!(
                 "build request {req} was planned with a different databuild.toml; it resumes with its recorded plan and today's job definitions"
@@ -421,110 +376,4 @@ pub fn prepare_resume(store: &Store, jobs: &crate::graph::Graph) -> Result<Resum
 
 fn close_open(store: &Store, req: &str, why: &str) -> Vec<crate::proto::BuildEvent> {
     crate::scheduler::closing_events(&store.state(), req, why)
-}
-
-/// What `recover` did.
-#[derive(Debug)]
-pub struct Recovered {
-    /// What reconciliation found and did.
-    pub reconciled: Reconciled,
-    /// Warnings from resuming (changed graph file, ...).
-    pub warnings: Vec<String>,
-    /// How each interrupted request ended, oldest first. A cancellation the crash interrupted is
-    /// finished as CANCELLED (see `finished_cancellations`).
-    pub outcome: crate::driver::Outcome,
-    /// Requests whose cancellation was finished (they count as done).
-    pub finished_cancellations: Vec<String>,
-}
-
-/// Why `recover` stopped.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RecoverError {
-    /// Recording failed.
-    #[error(transparent)]
-    Commit(#[from] CommitError),
-    /// A request could not be resumed.
-    #[error(transparent)]
-    Resume(#[from] ResumeError),
-    /// The driver stopped.
-    #[error(transparent)]
-    Driver(#[from] crate::driver::DriverError),
-}
-
-/// Reconciles, then resumes every interrupted build request to its end (DESIGN.md §4.2, §4.3).
-pub async fn recover(
-    store: std::sync::Arc<Store>,
-    graph: std::sync::Arc<crate::graph::Graph>,
-    settings: crate::driver::Settings,
-    observer: std::sync::Arc<dyn crate::driver::Observer>,
-) -> Result<Recovered, RecoverError> {
-    use crate::driver::{Driver, Note, Outcome, RequestEnd};
-    use crate::proto::BuildRequestStatus as B;
-
-    let s = store.clone();
-    let grace = settings.grace;
-    let reconciled = tokio::task::spawn_blocking(move || reconcile(&s, grace))
-        .await
-        .map_err(|e| CommitError::Restore(e.to_string()))??;
-    let mut resume = prepare_resume(&store, &graph)?;
-    let mut ended: Vec<RequestEnd> = Vec::new();
-    // Requests that crashed before their plan was recorded are planned again, as recorded.
-    for (req, refs, force) in std::mem::take(&mut resume.replan) {
-        let logs = settings.logs_dir.join(&req).join("config");
-        match crate::planner::plan(
-            &graph,
-            &*store,
-            &refs,
-            force,
-            settings.jobs,
-            Some(&req),
-            Some(&logs),
-        )
-        .await
-        {
-            Ok(plan) => {
-                let tasks = plan.nodes.len();
-                let dropped = plan.dropped.clone();
-                let (events, exec, skipped) = crate::driver::plan_commit(&store, &req, plan);
-                store.stage(events)?;
-                observer.note(Note::Planned { request: req.clone(), tasks, skipped, dropped });
-                resume.execs.push(exec);
-            }
-            Err(e) => {
-                let message = format!("planning failed on resume: {e}");
-                let mut events = crate::scheduler::closing_events(&store.state(), &req, &message);
-                events.push(ev::request(&req, B::BuildRequestFailed, &message));
-                store.stage(events)?;
-                ended.push(RequestEnd { request: req, status: B::BuildRequestFailed, message });
-            }
-        }
-    }
-    let finished_cancellations: Vec<String> =
-        resume.closed.iter().map(|(r, _)| r.clone()).collect();
-    for (req, status) in &resume.closed {
-        ended.push(RequestEnd {
-            request: req.clone(),
-            status: *status,
-            message: "cancellation finished".into(),
-        });
-    }
-    // The driver's first commit carries everything staged above.
-    let driven = Driver::new(
-        store,
-        graph,
-        settings,
-        observer,
-        std::mem::take(&mut resume.execs),
-        Vec::new(),
-    )
-    .run()
-    .await?;
-    ended.extend(driven.requests);
-    Ok(Recovered {
-        reconciled,
-        warnings: resume.warnings,
-        outcome: Outcome { requests: ended, signal: driven.signal },
-        finished_cancellations,
-    })
 }

@@ -593,6 +593,8 @@ impl State {
             ) => true,
             // Resuming after an engine stop; the request is non-terminal (checked in `apply`).
             (Some(P::PartitionFailed), P::PartitionBuilding | P::PartitionDelegated) => true,
+            // The live request it was delegated to could not build it.
+            (Some(P::PartitionDelegated), P::PartitionFailed) => true,
             _ => false,
         };
         if !legal {

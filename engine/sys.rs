@@ -28,6 +28,19 @@ pub fn signal_group(pgid: i32, sig: i32) -> io::Result<()> {
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Sends `sig` to process `pid`.
+pub fn signal_process(pid: i32, sig: i32) -> io::Result<()> {
+    if pid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal process {pid}"),
+        ));
+    }
+    // SAFETY: kill(2) takes two integers and touches no memory of this process.
+    let r = unsafe { libc::kill(pid, sig) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// Whether any process is left in group `pgid`.
 pub fn group_exists(pgid: i32) -> bool {
     if pgid <= 1 {

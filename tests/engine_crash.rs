@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use databuild::driver::{Quiet, Settings};
+use databuild::engine::{BuildSpec, Engine, Quiet, RequestEnd, Settings, with_ends};
+use databuild::executor::local::Local;
 use databuild::graph::Graph;
 use databuild::proto::BuildRequestStatus;
-use databuild::request::{self, BuildSpec};
 use databuild::store::{Store, StoreOptions};
 use databuild_log::sim::{CrashMode, SimFs};
 use databuild_log::{Durability, ReadOptions, WriterOptions};
@@ -65,12 +65,47 @@ fn opts(fs: &SimFs) -> StoreOptions {
 }
 
 fn settings(dir: &Path) -> Settings {
-    Settings {
-        jobs: 2,
+    Settings { jobs: 2, logs_dir: dir.join(".databuild/logs"), grace: Duration::from_secs(1) }
+}
+
+fn local(dir: &Path) -> Arc<Local> {
+    Arc::new(Local {
         shim: PathBuf::from(env!("CARGO_BIN_EXE_databuild")),
         logs_dir: dir.join(".databuild/logs"),
-        grace: Duration::from_secs(1),
+    })
+}
+
+/// One build through the engine: its id and how it ended.
+async fn build(
+    store: Arc<Store>,
+    graph: Arc<Graph>,
+    dir: &Path,
+    spec: BuildSpec,
+) -> (String, RequestEnd) {
+    let (engine, _) = Engine::open(store, graph, settings(dir), local(dir)).await.unwrap();
+    let (observer, mut ends) = with_ends(Arc::new(Quiet));
+    let id = engine.handle().submit(spec, observer).await.unwrap();
+    let end = ends.recv().await.unwrap();
+    engine.close().await.unwrap();
+    (id, end)
+}
+
+/// What `recover` does: open (reconcile), resume every interrupted request, wait for them.
+async fn recover(
+    store: Arc<Store>,
+    graph: Arc<Graph>,
+    dir: &Path,
+) -> Result<Vec<RequestEnd>, String> {
+    let (engine, _) =
+        Engine::open(store, graph, settings(dir), local(dir)).await.map_err(|e| e.to_string())?;
+    let (observer, mut ends) = with_ends(Arc::new(Quiet));
+    let resumed = engine.handle().resume(observer).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for _ in 0..resumed.requests.len() + resumed.finished_cancellations.len() {
+        out.push(ends.recv().await.ok_or("the engine stopped")?);
     }
+    engine.close().await.map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 fn ledger(dir: &Path) -> Vec<String> {
@@ -89,17 +124,9 @@ fn a_crash_at_every_fsync_boundary_of_a_build_recovers_to_the_same_end() {
     let sim = SimFs::new();
     let (store, _) = Store::open(Path::new(LOG), opts(&sim)).unwrap();
     let store = Arc::new(store);
-    let spec = BuildSpec { refs: vec!["top/1".into()], force: false };
-    let (req, out) = rt
-        .block_on(request::build(
-            store.clone(),
-            graph.clone(),
-            settings(dir.path()),
-            Arc::new(Quiet),
-            spec,
-        ))
-        .unwrap();
-    assert_eq!(out.requests[0].status, BuildRequestStatus::BuildRequestCompleted);
+    let spec = BuildSpec { refs: vec!["top/1".into()], ..BuildSpec::default() };
+    let (req, end) = rt.block_on(build(store.clone(), graph.clone(), dir.path(), spec));
+    assert_eq!(end.status, BuildRequestStatus::BuildRequestCompleted);
     Arc::try_unwrap(store).unwrap().close().unwrap();
     assert_eq!(ledger(dir.path()).len(), 4);
 
@@ -124,13 +151,8 @@ fn a_crash_at_every_fsync_boundary_of_a_build_recovers_to_the_same_end() {
             };
             std::fs::remove_file(dir.path().join("ledger.txt")).ok();
             let store = Arc::new(store);
-            let r = rt
-                .block_on(databuild::recovery::recover(
-                    store.clone(),
-                    graph.clone(),
-                    settings(dir.path()),
-                    Arc::new(Quiet),
-                ))
+            let ends = rt
+                .block_on(recover(store.clone(), graph.clone(), dir.path()))
                 .unwrap_or_else(|e| panic!("{what}: recover failed: {e}"));
             {
                 let st = store.state();
@@ -144,10 +166,7 @@ fn a_crash_at_every_fsync_boundary_of_a_build_recovers_to_the_same_end() {
                         "{what}"
                     );
                     assert!(st.is_available("top/1"), "{what}");
-                    assert!(
-                        r.outcome.requests.iter().all(|e| e.request == req),
-                        "{what}: under its own id"
-                    );
+                    assert!(ends.iter().all(|e| e.request == req), "{what}: under its own id");
                 }
             }
             for ran in ledger(dir.path()) {

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use databuild::driver::{Quiet, Settings};
+use databuild::engine::{BuildSpec, Engine, Quiet, Settings, with_ends};
+use databuild::executor::local::Local;
 use databuild::graph::Graph;
-use databuild::request::{self, BuildSpec};
 use databuild::state::State;
 use databuild::store::{self, Store, StoreOptions, snapshots};
 use databuild_log::{ReadOptions, Reader};
@@ -117,28 +117,36 @@ fn run_case(d: &Dag, plan: &[(Vec<usize>, bool)]) -> Result<(), TestCaseError> {
     let store = Arc::new(store);
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let settings = || Settings {
-        jobs: 2,
+    let settings =
+        Settings { jobs: 2, logs_dir: p.join(".databuild/logs"), grace: Duration::from_secs(1) };
+    let executor = Arc::new(Local {
         shim: PathBuf::from(env!("CARGO_BIN_EXE_databuild")),
         logs_dir: p.join(".databuild/logs"),
-        grace: Duration::from_secs(1),
-    };
+    });
+    // One long-lived engine serves every build of the case, one after the other.
+    let engine = rt
+        .block_on(Engine::open(store.clone(), graph.clone(), settings, executor))
+        .map_err(|e| TestCaseError::fail(format!("open: {e}")))?
+        .0;
     for (refs, force) in plan {
-        let spec =
-            BuildSpec { refs: refs.iter().map(|i| format!("p/{i}")).collect(), force: *force };
-        rt.block_on(request::build(
-            store.clone(),
-            graph.clone(),
-            settings(),
-            Arc::new(Quiet),
-            spec,
-        ))
+        let spec = BuildSpec {
+            refs: refs.iter().map(|i| format!("p/{i}")).collect(),
+            force: *force,
+            cap: None,
+        };
+        let (observer, mut ends) = with_ends(Arc::new(Quiet));
+        rt.block_on(async {
+            engine.handle().submit(spec, observer).await?;
+            ends.recv().await.ok_or(databuild::engine::EngineError::Closed)?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })
         .map_err(|e| TestCaseError::fail(format!("build {refs:?}: {e}")))?;
         let live = store.state().clone();
         prop_assert!(live.open_requests().is_empty(), "every request ended");
         prop_assert!(live.live_runs().is_empty(), "no run left live");
         prop_assert_eq!(&live, &fold_from_disk(&log), "live state == fold(replay(log))");
     }
+    rt.block_on(engine.close()).map_err(|e| TestCaseError::fail(format!("close: {e}")))?;
     let live = store.state().clone();
     prop_assert!(!live.runs.is_empty(), "the first build ran jobs");
     snapshots::write_current(&log, &live).unwrap();

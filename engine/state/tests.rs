@@ -359,6 +359,7 @@ fn partition_transitions_follow_the_table() {
                         P::PartitionAvailable | P::PartitionFailed | P::PartitionBuilding
                     )
                     | (Some(P::PartitionFailed), P::PartitionBuilding | P::PartitionDelegated)
+                    | (Some(P::PartitionDelegated), P::PartitionFailed)
             );
             let got = l.push(e);
             assert_eq!(got.is_ok(), legal, "{from:?} -> {}: {got:?}", to.as_str_name());
