@@ -5,6 +5,7 @@ mod audit;
 mod bad_input;
 mod build;
 mod concurrency;
+mod engine;
 mod hardening;
 mod hardening_cli;
 mod hardening_config;
