@@ -49,6 +49,7 @@ pub fn settings(ctx: &Ctx, jobs: Option<u32>) -> Settings {
         jobs: jobs.map_or_else(cpus, |j| j as usize),
         logs_dir: ctx.logs_dir.clone(),
         grace: KILL_GRACE,
+        configure: Arc::new(databuild::planner::Processes),
     }
 }
 

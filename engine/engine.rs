@@ -62,6 +62,8 @@ pub struct Settings {
     pub logs_dir: PathBuf,
     /// Time between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// Who answers `config` calls (the jobs' entrypoints, or a function in tests).
+    pub configure: Arc<dyn planner::Configure>,
 }
 
 /// A progress note, derived from committed events: sent only once they are durable.
@@ -520,6 +522,13 @@ impl Engine {
         self.handle.clone()
     }
 
+    /// Stops the loop where it is, as a crash would (for tests): nothing more is committed, and
+    /// runs are left as they are for the next engine's reconciliation.
+    pub async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
     /// Lets every live request end, then stops the loop. Returns why it stopped early, if it did.
     pub async fn close(self) -> Result<(), EngineError> {
         let _ = self.handle.tx.send(Msg::Close).await;
@@ -774,13 +783,23 @@ impl Loop {
 
     fn start_planning(&mut self, e: usize, req: String, refs: Vec<String>, force: bool) {
         let (graph, store, tx) = (self.graph.clone(), self.store.clone(), self.tx.clone());
+        let configure = self.settings.configure.clone();
         let jobs = self.settings.jobs;
         let logs = self.settings.logs_dir.join(&req).join("config");
         let r = req.clone();
         let asked = refs.clone();
         let task = tokio::spawn(async move {
-            let result =
-                planner::plan(&graph, &*store, &refs, force, jobs, Some(&r), Some(&logs)).await;
+            let result = planner::plan_with(
+                &*configure,
+                &graph,
+                &*store,
+                &refs,
+                force,
+                jobs,
+                Some(&r),
+                Some(&logs),
+            )
+            .await;
             let _ = tx.send(Msg::Planned { exec: e, request: r, result }).await;
         });
         if let Some(x) = self.execs.get_mut(e) {

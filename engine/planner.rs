@@ -398,9 +398,60 @@ fn describe_cycle(nodes: &[Node], deps: &[Vec<usize>], indegree: &[usize]) -> St
     nodes[start].outputs.first().cloned().unwrap_or_default()
 }
 
+/// A `config` call's answer, on its way.
+pub type ConfigFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<JobConfig>, ConfigError>> + Send>,
+>;
+
+/// Runs `config` calls: the jobs' entrypoints ([`Processes`]), or, in tests, a function, so that
+/// thousands of random builds plan without starting a process.
+pub trait Configure: Send + Sync + std::fmt::Debug {
+    /// Answers one call (checked against the graph by the caller's [`config::validate`] rules).
+    fn configure(
+        &self,
+        graph: &std::sync::Arc<Graph>,
+        call: &ConfigCall,
+        request: Option<&str>,
+        log: Option<ConfigLog>,
+    ) -> ConfigFuture;
+}
+
+/// Runs each `config` call as its job's entrypoint (see [`config::run`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Processes;
+
+impl Configure for Processes {
+    fn configure(
+        &self,
+        graph: &std::sync::Arc<Graph>,
+        call: &ConfigCall,
+        request: Option<&str>,
+        log: Option<ConfigLog>,
+    ) -> ConfigFuture {
+        let (g, c, id) = (graph.clone(), call.clone(), request.map(String::from));
+        Box::pin(async move { config::run(&g, &c, id.as_deref(), log.as_ref()).await })
+    }
+}
+
 /// Plans `requested` against `state`, running `config` calls (up to `jobs` at once).
 pub async fn plan(
     graph: &Graph,
+    state: &dyn Catalog,
+    requested: &[String],
+    force: bool,
+    jobs: usize,
+    build_request_id: Option<&str>,
+    log_dir: Option<&std::path::Path>,
+) -> Result<Plan, PlanError> {
+    let graph = std::sync::Arc::new(graph.clone());
+    plan_with(&Processes, &graph, state, requested, force, jobs, build_request_id, log_dir).await
+}
+
+/// [`plan`], with the `config` calls answered by `configure`.
+#[allow(clippy::too_many_arguments)]
+pub async fn plan_with(
+    configure: &dyn Configure,
+    graph: &std::sync::Arc<Graph>,
     state: &dyn Catalog,
     requested: &[String],
     force: bool,
@@ -424,11 +475,11 @@ pub async fn plan(
                 dir: d.to_path_buf(),
                 stem: format!("{}-{n}", graph.jobs[call.job].label),
             });
-            let (g, c, id, limit) =
-                (graph.clone(), call.clone(), build_request_id.map(String::from), limit.clone());
+            let answer = configure.configure(graph, call, build_request_id, log);
+            let limit = limit.clone();
             set.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                (i, config::run(&g, &c, id.as_deref(), log.as_ref()).await)
+                (i, answer.await)
             });
         }
         let mut answers: Vec<Option<Result<Vec<JobConfig>, ConfigError>>> =

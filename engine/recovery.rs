@@ -303,6 +303,36 @@ pub fn prepare_resume(
                     None => {}
                 }
             }
+            // Tasks this request had delegated to another live request and that are not AVAILABLE:
+            // they wait again if that request is resumed alongside to build them, else they fail
+            // here too, as they would have had it failed.
+            for n in 0..exec.plan.nodes.len() {
+                if exec.nodes[n] != NodeState::Waiting {
+                    continue;
+                }
+                let outs = &exec.plan.nodes[n].outputs;
+                let delegated: Vec<(String, String)> = outs
+                    .iter()
+                    .filter_map(|o| {
+                        let k = state.key(&req, o)?;
+                        (k.status == PartitionStatus::PartitionDelegated).then(|| {
+                            let to = k.message.trim_start_matches("delegated to active build ");
+                            (o.clone(), to.to_string())
+                        })
+                    })
+                    .collect();
+                let Some(to) = delegated.first().map(|d| d.1.clone()) else { continue };
+                if outs.iter().all(|o| building.get(o) == Some(&to)) {
+                    exec.nodes[n] = NodeState::Delegated { to };
+                    continue;
+                }
+                let why = format!("upstream {} failed in build {to}", outs[0]);
+                for (o, _) in &delegated {
+                    events.push(ev::partition(&req, o, PartitionStatus::PartitionFailed, "", &why));
+                }
+                exec.nodes[n] = NodeState::Failed;
+                exec.failures.push(why);
+            }
             // Tasks downstream of a genuine failure were marked FAILED with it: they stay blocked.
             for n in 0..exec.plan.nodes.len() {
                 if exec.nodes[n] == NodeState::Waiting

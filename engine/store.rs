@@ -275,6 +275,11 @@ impl Store {
         self.stamp.now_ns()
     }
 
+    /// The first seq that is not durable yet: every event below it is.
+    pub fn durable_next_seq(&self) -> u64 {
+        self.writer.durable_end().next_seq
+    }
+
     /// A reader that follows this store's durable end.
     pub fn reader(&self) -> Result<Reader, OpenError> {
         self.writer.reader(ReadMode::Mmap)
@@ -372,6 +377,12 @@ impl Store {
             fresh.apply(seq, ev).map_err(|v| CommitError::Restore(v.to_string()))?;
         }
         Ok(fresh)
+    }
+
+    /// Stops as a crash would right after the last acknowledgement: pending batches fail, no
+    /// snapshot, no final CHECKPOINT. For crash tests.
+    pub fn halt(self) {
+        self.writer.halt();
     }
 
     /// Closes the log cleanly, first writing a snapshot if many events followed the last one.

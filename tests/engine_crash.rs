@@ -65,7 +65,12 @@ fn opts(fs: &SimFs) -> StoreOptions {
 }
 
 fn settings(dir: &Path) -> Settings {
-    Settings { jobs: 2, logs_dir: dir.join(".databuild/logs"), grace: Duration::from_secs(1) }
+    Settings {
+        jobs: 2,
+        logs_dir: dir.join(".databuild/logs"),
+        grace: Duration::from_secs(1),
+        configure: Arc::new(databuild::planner::Processes),
+    }
 }
 
 fn local(dir: &Path) -> Arc<Local> {

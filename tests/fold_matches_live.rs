@@ -117,8 +117,12 @@ fn run_case(d: &Dag, plan: &[(Vec<usize>, bool)]) -> Result<(), TestCaseError> {
     let store = Arc::new(store);
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let settings =
-        Settings { jobs: 2, logs_dir: p.join(".databuild/logs"), grace: Duration::from_secs(1) };
+    let settings = Settings {
+        jobs: 2,
+        logs_dir: p.join(".databuild/logs"),
+        grace: Duration::from_secs(1),
+        configure: Arc::new(databuild::planner::Processes),
+    };
     let executor = Arc::new(Local {
         shim: PathBuf::from(env!("CARGO_BIN_EXE_databuild")),
         logs_dir: p.join(".databuild/logs"),

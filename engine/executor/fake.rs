@@ -31,6 +31,9 @@ pub enum Behavior {
 /// Decides what each run does.
 pub type Script = dyn Fn(&RunSpec<'_>) -> Behavior + Send + Sync;
 
+/// Says whether a run may be released now (a test's view of the log: is its JOB_RUNNING durable?).
+pub type ReleaseCheck = dyn Fn(&str) -> bool + Send + Sync;
+
 /// What a test can check afterwards.
 #[derive(Debug, Default)]
 pub struct Record {
@@ -40,6 +43,9 @@ pub struct Record {
     pub overlaps: Vec<String>,
     /// Most runs released and not ended at once.
     pub max_running: usize,
+    /// Runs released before the check given to [`Fake::check_releases`] said they may be (must
+    /// stay empty: a run starts only once its JOB_RUNNING is durable).
+    pub released_early: Vec<String>,
     running: HashMap<String, Vec<String>>,
 }
 
@@ -48,7 +54,10 @@ pub struct Fake {
     script: Box<Script>,
     next: AtomicU64,
     stops: Arc<Mutex<HashMap<String, watch::Sender<Option<Stop>>>>>,
+    /// Run id -> handle id, for reconciliation after a crash.
+    by_run: Mutex<HashMap<String, String>>,
     record: Arc<Mutex<Record>>,
+    check: Arc<Mutex<Option<Arc<ReleaseCheck>>>>,
 }
 
 impl std::fmt::Debug for Fake {
@@ -64,8 +73,15 @@ impl Fake {
             script: Box::new(script),
             next: AtomicU64::new(1),
             stops: Arc::new(Mutex::new(HashMap::new())),
+            by_run: Mutex::new(HashMap::new()),
+            check: Arc::new(Mutex::new(None)),
             record: Arc::new(Mutex::new(Record::default())),
         }
+    }
+
+    /// Checks every release with `check` (recording the runs it refuses in `released_early`).
+    pub fn check_releases(&self, check: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        *self.check.lock() = Some(Arc::new(check));
     }
 
     /// What happened so far.
@@ -99,9 +115,11 @@ impl super::Executor for Fake {
         let (release_tx, release_rx) = oneshot::channel();
         let (stop_tx, mut stop_rx) = watch::channel(None);
         self.stops.lock().insert(id.to_string(), stop_tx);
+        self.by_run.lock().insert(spec.run.to_string(), id.to_string());
         let stops = self.stops.clone();
         let key = id.to_string();
         let record = self.record.clone();
+        let check = self.check.lock().clone();
         let run = spec.run.to_string();
         let outputs = spec.outputs.to_vec();
         let exit = Box::pin(async move {
@@ -113,8 +131,12 @@ impl super::Executor for Fake {
                 stops.lock().remove(&key);
                 return ExitReport { code: Some(NOT_RELEASED), ..ExitReport::default() };
             }
+            let early = check.is_some_and(|c| !c(&run));
             {
                 let mut r = record.lock();
+                if early {
+                    r.released_early.push(run.clone());
+                }
                 r.released.push((run.clone(), outputs.clone()));
                 for o in &outputs {
                     if r.running.values().any(|v| v.contains(o)) {
@@ -168,8 +190,14 @@ impl super::Executor for Fake {
         false
     }
 
-    fn reconcile(&self, _: &Run, _: Duration) -> Reconciled {
-        Reconciled { what: "a fake run does not outlive its engine".into(), warning: None }
+    fn reconcile(&self, run: &Run, _: Duration) -> Reconciled {
+        // As the local executor stops a run that is provably its own: it is gone at once.
+        let id = self.by_run.lock().remove(&*run.id);
+        if let Some(tx) = id.and_then(|id| self.stops.lock().remove(&id)) {
+            tx.send_replace(Some(Stop::Kill));
+        }
+        self.record.lock().running.remove(&*run.id);
+        Reconciled { what: "stopped (fake)".into(), warning: None }
     }
 
     fn output(&self, run: &str) -> OutputPaths {
