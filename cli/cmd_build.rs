@@ -53,11 +53,9 @@ pub fn settings(ctx: &Ctx, jobs: Option<u32>) -> Settings {
     }
 }
 
-/// The local executor, with this very executable as the job shim.
+/// The local executor.
 pub fn local_executor(ctx: &Ctx) -> Result<Arc<Local>, CliError> {
-    let shim = std::env::current_exe()
-        .map_err(|e| CliError::internal(format!("cannot find the databuild executable: {e}")))?;
-    Ok(Arc::new(Local { shim, logs_dir: ctx.logs_dir.clone() }))
+    Ok(Arc::new(Local { logs_dir: ctx.logs_dir.clone() }))
 }
 
 /// How a command's requests ended, and the signal that cancelled them, if any.

@@ -32,8 +32,8 @@ impl Ctx {
             Ok(p) => (Some(p), None),
             Err(e) => (None, Some(e.to_string())),
         };
-        // Directories are made absolute: jobs run in the graph's directory, and the job shim
-        // opens its stdin and output files there from paths this process hands it.
+        // Directories are made absolute: jobs run in the graph's directory, and a job's process
+        // opens its stdin and output files from paths this process hands it.
         let graph_dir = graph_path.as_ref().map(|p| {
             p.parent()
                 .filter(|d| !d.as_os_str().is_empty())

@@ -18,10 +18,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // The job shim is an internal entry point, kept out of the user-facing commands.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__job-shim") {
-        return ExitCode::from(databuild::shim::main(std::env::args_os().skip(2)) as u8);
-    }
     let cli = args::Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),

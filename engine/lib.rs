@@ -19,7 +19,6 @@ pub mod proto;
 pub mod query;
 pub mod recovery;
 pub mod scheduler;
-pub mod shim;
 pub mod state;
 pub mod store;
 pub mod sys;

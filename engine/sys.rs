@@ -1,8 +1,10 @@
 //! The few operating-system calls the engine makes that std does not wrap: signalling process
 //! groups, and reading process facts from `/proc` (Linux).
 //!
-//! This is the engine's only module with `unsafe` code: one FFI call, `kill(2)`, which touches no
-//! memory of ours.
+//! This is the engine's only module with `unsafe` code: `kill(2)`, which touches no memory of
+//! ours, and [`spawn_held`], the local executor's `fork` + `execve` of a job that waits for its
+//! release in the child (everything the child does after `fork` is async-signal-safe: it only
+//! makes system calls on memory prepared before the fork).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -93,6 +95,243 @@ pub fn environ_has(pid: i32, entry: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|env| env.split(|&b| b == 0).any(|e| e == entry.as_bytes()))
         .unwrap_or(false)
+}
+
+/// A job to start held: everything the child needs, prepared before `fork` (the child may not
+/// allocate).
+#[derive(Debug)]
+pub struct HeldSpawn {
+    /// The program (an absolute path).
+    pub program: std::ffi::CString,
+    /// `argv`, program first.
+    pub argv: Vec<std::ffi::CString>,
+    /// The whole environment, `KEY=value`.
+    pub envp: Vec<std::ffi::CString>,
+    /// The working directory.
+    pub cwd: std::ffi::CString,
+    /// The run's output directory (created if missing).
+    pub dir: std::ffi::CString,
+    /// The file that gets `stdin_bytes` and becomes the job's stdin.
+    pub stdin: std::ffi::CString,
+    /// The job's stdin.
+    pub stdin_bytes: Vec<u8>,
+    /// The job's stdout file.
+    pub stdout: std::ffi::CString,
+    /// The job's stderr file.
+    pub stderr: std::ffi::CString,
+}
+
+/// A child started by [`spawn_held`]: it runs nothing until one byte is written to `release`
+/// (closing `release` unwritten makes it exit with [`NOT_RELEASED`]).
+#[derive(Debug)]
+pub struct HeldChild {
+    /// Its pid, also its process group id.
+    pub pid: i32,
+    /// Write one byte to let it `execve` the job.
+    pub release: std::os::fd::OwnedFd,
+    /// Readable once it has exited (a pidfd).
+    pub exited: std::os::fd::OwnedFd,
+    /// If its setup or `execve` failed: the step and the errno (5 bytes); closed (EOF) at exec.
+    pub errors: std::os::fd::OwnedFd,
+}
+
+/// Exit code of a held child whose release pipe was closed without a byte (never ran the job).
+pub const NOT_RELEASED: i32 = 125;
+/// Exit code of a held child whose setup or `execve` failed.
+pub const SPAWN_FAILED: i32 = 127;
+
+/// What a held child was doing when it failed (the first byte of its error report).
+pub fn spawn_step(step: u8) -> &'static str {
+    match step {
+        1 => "cannot create its output directory",
+        2 => "cannot write its stdin file",
+        3 => "cannot create its stdout/stderr files",
+        4 => "cannot enter the graph file's directory",
+        5 => "cannot start the entrypoint",
+        _ => "cannot set up the job",
+    }
+}
+
+/// The text of an errno.
+pub fn errno_text(errno: i32) -> String {
+    io::Error::from_raw_os_error(errno).to_string()
+}
+
+fn pipe_cloexec() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into the array we own.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe {
+        (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    })
+}
+
+/// Starts a job held, in its own process group, with one `fork` and (on release) one `execve`:
+/// the child creates its output files, makes them its stdout/stderr and the config its stdin,
+/// then blocks on the release pipe; released, it enters the working directory and `execve`s the
+/// program. So the engine can record the child (pid, start time) before the job runs, and the
+/// files cost the engine's thread nothing.
+pub fn spawn_held(spec: &HeldSpawn) -> io::Result<HeldChild> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (release_r, release_w) = pipe_cloexec()?;
+    let (errors_r, errors_w) = pipe_cloexec()?;
+    let argv: Vec<*const libc::c_char> =
+        spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> =
+        spec.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let (rr, ew) = (release_r.as_raw_fd(), errors_w.as_raw_fd());
+    // SAFETY: after fork the child only makes async-signal-safe system calls on memory prepared
+    // above (no allocation, no locks), and always ends in execve or _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe { held_child(spec, rr, ew, argv.as_ptr(), envp.as_ptr()) }
+    }
+    drop(release_r);
+    drop(errors_w);
+    // Also set here: whichever of parent and child runs first, the group exists before the
+    // engine records it.
+    // SAFETY: setpgid takes two integers.
+    unsafe { libc::setpgid(pid, pid) };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if pidfd < 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: kill and waitpid take integers and a pointer to our own int.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, 0);
+        }
+        return Err(e);
+    }
+    // SAFETY: pidfd was just returned by the kernel and is owned by nobody else.
+    let exited = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd) };
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(errors_r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    Ok(HeldChild { pid, release: release_w, exited, errors: errors_r })
+}
+
+/// The child's side of [`spawn_held`]. Never returns.
+///
+/// # Safety
+/// Only to be called in the child right after `fork`.
+unsafe fn held_child(
+    spec: &HeldSpawn,
+    release: i32,
+    errors: i32,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> ! {
+    // SAFETY (whole body): async-signal-safe calls only, on memory prepared before the fork.
+    unsafe {
+        let fail = |step: u8| -> ! {
+            let errno = *libc::__errno_location();
+            let mut msg = [step, 0, 0, 0, 0];
+            msg[1..].copy_from_slice(&errno.to_le_bytes());
+            libc::write(errors, msg.as_ptr().cast(), msg.len());
+            libc::_exit(SPAWN_FAILED)
+        };
+        libc::setpgid(0, 0);
+        // The engine's signal mask and ignored signals (SIGPIPE) must not reach the job.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if libc::mkdir(spec.dir.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
+            fail(1);
+        }
+        let flags = libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
+        let input = libc::open(spec.stdin.as_ptr(), flags | libc::O_RDWR, 0o644);
+        if input < 0 {
+            fail(2);
+        }
+        let mut at = 0;
+        while at < spec.stdin_bytes.len() {
+            let n = libc::write(
+                input,
+                spec.stdin_bytes.as_ptr().add(at).cast(),
+                spec.stdin_bytes.len() - at,
+            );
+            if n < 0 {
+                if *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                fail(2);
+            }
+            at += n as usize;
+        }
+        libc::lseek(input, 0, libc::SEEK_SET);
+        let out = libc::open(spec.stdout.as_ptr(), flags | libc::O_WRONLY, 0o644);
+        let err = libc::open(spec.stderr.as_ptr(), flags | libc::O_WRONLY, 0o644);
+        if out < 0 || err < 0 {
+            fail(3);
+        }
+        if libc::dup2(input, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0 {
+            fail(3);
+        }
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(release, (&mut byte as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            libc::_exit(NOT_RELEASED);
+        }
+        if libc::chdir(spec.cwd.as_ptr()) != 0 {
+            fail(4);
+        }
+        libc::execve(spec.program.as_ptr(), argv, envp);
+        fail(5)
+    }
+}
+
+/// Registers a held child's pidfd with tokio: readable once the child has exited. Must be called
+/// inside a tokio runtime.
+pub fn exit_watch(
+    pidfd: std::os::fd::OwnedFd,
+) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the AsyncFd owns the fd, so it stays open while registered and is closed only
+    // when the AsyncFd (and its registration) is dropped.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
+}
+
+/// Reaps a child that has exited (its pidfd was readable): its wait status, or `None` if it has
+/// not exited after all.
+pub fn reap(pid: i32) -> io::Result<Option<i32>> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into our own int.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match r {
+        0 => Ok(None),
+        r if r == pid => Ok(Some(status)),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// A wait status as (exit code, signal).
+pub fn decode_status(status: i32) -> (Option<i32>, Option<i32>) {
+    if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! must stay a legal sequence of transitions.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,10 +74,7 @@ fn settings(dir: &Path) -> Settings {
 }
 
 fn local(dir: &Path) -> Arc<Local> {
-    Arc::new(Local {
-        shim: PathBuf::from(env!("CARGO_BIN_EXE_databuild")),
-        logs_dir: dir.join(".databuild/logs"),
-    })
+    Arc::new(Local { logs_dir: dir.join(".databuild/logs") })
 }
 
 /// One build through the engine: its id and how it ended.

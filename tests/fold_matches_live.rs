@@ -5,7 +5,7 @@
 //! snapshot of it plus nothing must equal it too.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,10 +123,7 @@ fn run_case(d: &Dag, plan: &[(Vec<usize>, bool)]) -> Result<(), TestCaseError> {
         grace: Duration::from_secs(1),
         configure: Arc::new(databuild::planner::Processes),
     };
-    let executor = Arc::new(Local {
-        shim: PathBuf::from(env!("CARGO_BIN_EXE_databuild")),
-        logs_dir: p.join(".databuild/logs"),
-    });
+    let executor = Arc::new(Local { logs_dir: p.join(".databuild/logs") });
     // One long-lived engine serves every build of the case, one after the other.
     let engine = rt
         .block_on(Engine::open(store.clone(), graph.clone(), settings, executor))

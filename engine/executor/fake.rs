@@ -99,7 +99,7 @@ impl Held for Release {
 }
 
 /// Exit code of a run that was let go without being released (as the local shim's).
-const NOT_RELEASED: i32 = crate::shim::NOT_RELEASED;
+const NOT_RELEASED: i32 = crate::sys::NOT_RELEASED;
 
 impl super::Executor for Fake {
     fn kind(&self) -> &'static str {

@@ -1,14 +1,15 @@
 //! The local executor: each run is a process group on this machine.
 //!
-//! A run is spawned as `databuild __job-shim` (see [`crate::shim`]) in a new process group, with a
-//! pipe as its stdin; the shim waits for one byte on that pipe and then `exec`s the job in place
-//! (same pid, same group). The handle recorded in JOB_RUNNING is the group with the host, boot id
+//! A run is forked in a new process group (see [`sys::spawn_held`]): the child creates its output
+//! files, takes the config as its stdin, and waits for one byte on a release pipe before it
+//! `execve`s the job (same pid, same group): one `fork` and one `execve` per run. The handle recorded in JOB_RUNNING is the group with the host, boot id
 //! and the leader's start time, so that after a crash a group is signalled only if it is provably
 //! still the run's. Output goes to `<logs>/<run>/{stdout,stderr}`; the config is `stdin.json`.
 
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::{Executor, ExitReport, Handle, Held, OutputPaths, Prepared, Reconciled, RunSpec, Stop};
@@ -22,8 +23,6 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 /// Runs jobs as local process groups.
 #[derive(Clone, Debug)]
 pub struct Local {
-    /// The databuild executable (it doubles as the job shim).
-    pub shim: PathBuf,
     /// `.databuild/logs/`.
     pub logs_dir: PathBuf,
 }
@@ -35,48 +34,66 @@ pub fn this_machine() -> (&'static str, &'static str) {
     (h, b)
 }
 
-struct Pipe(std::io::PipeWriter);
+struct Release(std::fs::File);
 
-impl Held for Pipe {
+impl Held for Release {
     fn release(mut self: Box<Self>) -> Result<(), String> {
-        // One byte: the shim execs the job. If the shim is gone already, its exit is reported.
-        self.0.write_all(b"\n").map_err(|e| format!("cannot release the job shim: {e}"))
+        // One byte: the child execs the job. If it is gone already, its exit is reported.
+        std::io::Write::write_all(&mut self.0, b"\n")
+            .map_err(|e| format!("cannot release the job: {e}"))
     }
+}
+
+fn cstring(what: &str, s: impl Into<Vec<u8>>) -> std::io::Result<CString> {
+    CString::new(s).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what} contains a NUL byte"))
+    })
+}
+
+fn path_c(p: &std::path::Path) -> std::io::Result<CString> {
+    cstring("a path", p.as_os_str().as_bytes())
 }
 
 impl Local {
     fn spawn(&self, spec: &RunSpec<'_>) -> std::io::Result<Prepared> {
         let paths = self.output(spec.run);
-        std::fs::create_dir_all(&paths.dir)?;
-        let json = serde_json::to_vec(spec.config).map_err(std::io::Error::other)?;
-        std::fs::write(&paths.stdin, json)?;
-        let stdout = std::fs::File::create(&paths.stdout)?;
-        let stderr = std::fs::File::create(&paths.stderr)?;
-        let spawn_error = paths.dir.join("spawn_error");
-        let (ready_r, ready_w) = std::io::pipe()?;
-        let mut cmd = tokio::process::Command::new(&self.shim);
-        cmd.arg("__job-shim")
-            .arg("--stdin")
-            .arg(&paths.stdin)
-            .arg("--spawn-error")
-            .arg(&spawn_error)
-            .arg("--")
-            .arg(&spec.job.entrypoint)
-            .arg("exec")
-            .args(&spec.config.args)
-            .current_dir(spec.graph_dir)
-            .envs(&spec.job.env)
-            .envs(&spec.config.env)
-            .env("DATABUILD_JOB_RUN_ID", spec.run)
-            .env("DATABUILD_BUILD_REQUEST_ID", spec.request)
-            .env("DATABUILD_OUTPUTS", spec.outputs.join(" "))
-            .stdin(Stdio::from(ready_r))
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            .process_group(0)
-            .kill_on_drop(false);
-        let mut child = cmd.spawn()?;
-        let pid = child.id().map_or(0, |p| p as i32);
+        let stdin_bytes = serde_json::to_vec(spec.config).map_err(std::io::Error::other)?;
+        // The environment: the process's, the graph's `env`, the config's `env`, then ours.
+        let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+        for (k, v) in spec.job.env.iter().chain(&spec.config.env) {
+            env.insert(k.into(), v.into());
+        }
+        env.insert("DATABUILD_JOB_RUN_ID".into(), spec.run.into());
+        env.insert("DATABUILD_BUILD_REQUEST_ID".into(), spec.request.into());
+        env.insert("DATABUILD_OUTPUTS".into(), spec.outputs.join(" ").into());
+        let envp = env
+            .iter()
+            .map(|(k, v)| {
+                let mut e = k.as_bytes().to_vec();
+                e.push(b'=');
+                e.extend_from_slice(v.as_bytes());
+                cstring("an environment entry", e)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut argv = vec![path_c(&spec.job.entrypoint)?, cstring("exec", "exec")?];
+        for a in &spec.config.args {
+            argv.push(cstring("an argument", a.as_bytes())?);
+        }
+        let held = sys::HeldSpawn {
+            program: path_c(&spec.job.entrypoint)?,
+            argv,
+            envp,
+            cwd: path_c(spec.graph_dir)?,
+            dir: path_c(&paths.dir)?,
+            stdin: path_c(&paths.stdin)?,
+            stdin_bytes,
+            stdout: path_c(&paths.stdout)?,
+            stderr: path_c(&paths.stderr)?,
+        };
+        let child = sys::spawn_held(&held)?;
+        let pid = child.pid;
+        let exited = sys::exit_watch(child.exited)?;
+        let errors = std::fs::File::from(child.errors);
         let (host, boot_id) = this_machine();
         let process = ProcessInfo {
             pid,
@@ -89,23 +106,43 @@ impl Local {
             executor: ExecutorHandle { kind: "local".into(), id: pid.to_string() },
             process: Some(process),
         };
+        let entrypoint = spec.job.entrypoint.display().to_string();
         let exit = Box::pin(async move {
-            use std::os::unix::process::ExitStatusExt;
-            let status = child.wait().await;
+            let status = loop {
+                let mut ready = match exited.readable().await {
+                    Ok(r) => r,
+                    Err(e) => break Err(e),
+                };
+                match sys::reap(pid) {
+                    Ok(Some(status)) => break Ok(status),
+                    Ok(None) => ready.clear_ready(),
+                    Err(e) => break Err(e),
+                }
+            };
             // Anything left in the job's group after its leader exits is terminated.
             let leftovers = sys::group_exists(pid);
             if leftovers {
                 let _ = sys::signal_group(pid, sys::SIGKILL);
             }
-            let spawn_error = std::fs::read_to_string(&spawn_error).ok().map(|s| s.trim().into());
+            // A failed setup or execve says which step and why; a successful exec said nothing.
+            let mut msg = [0u8; 5];
+            let spawn_error = match std::io::Read::read(&mut &errors, &mut msg) {
+                Ok(5) => {
+                    let errno = i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]);
+                    let step = sys::spawn_step(msg[0]);
+                    Some(if msg[0] == 5 {
+                        format!("{step} {entrypoint}: {}", sys::errno_text(errno))
+                    } else {
+                        format!("{step}: {}", sys::errno_text(errno))
+                    })
+                }
+                _ => None,
+            };
             match status {
-                Ok(s) => ExitReport {
-                    code: s.code(),
-                    signal: s.signal(),
-                    spawn_error,
-                    wait_error: None,
-                    leftovers,
-                },
+                Ok(st) => {
+                    let (code, signal) = sys::decode_status(st);
+                    ExitReport { code, signal, spawn_error, wait_error: None, leftovers }
+                }
                 Err(e) => ExitReport {
                     spawn_error,
                     wait_error: Some(e.to_string()),
@@ -114,7 +151,7 @@ impl Local {
                 },
             }
         });
-        Ok(Prepared { handle, held: Box::new(Pipe(ready_w)), exit })
+        Ok(Prepared { handle, held: Box::new(Release(std::fs::File::from(child.release))), exit })
     }
 }
 
@@ -126,7 +163,7 @@ impl Executor for Local {
     fn prepare(&self, spec: &RunSpec<'_>) -> Result<Prepared, String> {
         self.spawn(spec).map_err(|e| {
             format!(
-                "could not start the job shim (job output in {}): {e}",
+                "could not start the job (job output in {}): {e}",
                 self.output(spec.run).dir.display()
             )
         })
