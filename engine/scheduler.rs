@@ -1,6 +1,6 @@
 //! Pure scheduling decisions over a plan and the folded state: which tasks are ready, what a
-//! failure makes unbuildable, and how a request ends. No I/O, no clock; the driver
-//! (`driver.rs`) performs what these decide.
+//! failure makes unbuildable, and how a request ends. No I/O, no clock; the engine loop
+//! (`engine.rs`) performs what these decide.
 
 use crate::planner::Plan;
 use crate::proto::{BuildRequestStatus, PartitionStatus};
@@ -18,7 +18,7 @@ pub enum NodeState {
         /// Its attempt number.
         attempt: u32,
     },
-    /// Its shim is spawned and JOB_RUNNING submitted; the job starts once that is durable.
+    /// Its run is prepared held and JOB_RUNNING submitted; it starts once that is durable.
     Running {
         /// The run id.
         run: String,
@@ -33,8 +33,8 @@ pub enum NodeState {
     Blocked,
     /// Cancelled before it could finish.
     Cancelled,
-    /// Its outputs are being built by another request executing in this engine (active
-    /// delegation, when `recover` resumes several): done when they become AVAILABLE.
+    /// Its outputs are being built by another live request of this engine (active delegation):
+    /// done when they become AVAILABLE, failed if that request cannot build them.
     Delegated {
         /// That request.
         to: String,

@@ -98,7 +98,7 @@ impl Held for Release {
     }
 }
 
-/// Exit code of a run that was let go without being released (as the local shim's).
+/// Exit code of a run that was let go without being released (as the local executor's).
 const NOT_RELEASED: i32 = crate::sys::NOT_RELEASED;
 
 impl super::Executor for Fake {
