@@ -332,9 +332,11 @@ impl Writer {
         let fs = opts.fs.clone();
         let fresh_dir = !fs.exists(dir).map_err(io_err("stat", dir))?;
         fs.create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        if fresh_dir && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs.sync_dir(parent).map_err(io_err("fsync", parent))?;
-        }
+        // A new directory's entry must be durable before anything is acknowledged: its parent is
+        // fsynced once the first segment exists, so that one journal commit (the segment's
+        // fdatasync) carries both, not two.
+        let new_parent =
+            dir.parent().filter(|p| fresh_dir && !p.as_os_str().is_empty()).map(Path::to_path_buf);
         let lock_path = dir.join(LOCK_FILE);
         let lock =
             match fs.lock(&lock_path, opts.wait_for_lock).map_err(io_err("lock", &lock_path))? {
@@ -377,6 +379,9 @@ impl Writer {
                 }
                 let log_id = opts.new_log_id.unwrap_or_else(LogId::random);
                 let file = create_segment(&*fs, dir, log_id, 0, 1)?;
+                if let Some(parent) = &new_parent {
+                    fs.sync_dir(parent).map_err(io_err("fsync", parent))?;
+                }
                 report.created = true;
                 let end = End { next_seq: 1, segment_id: 0, offset: SEGMENT_HEADER_BYTES as u64 };
                 (log_id, 0, file, end, None)
