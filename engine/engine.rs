@@ -270,8 +270,8 @@ pub struct Exec {
     /// How many times it was asked to cancel (the second stops its runs at once).
     cancels: u8,
     cancel_reason: String,
-    /// While `config` runs: the planning task and the refs asked.
-    planning: Option<(tokio::task::AbortHandle, Vec<String>)>,
+    /// Until its plan is committed: the refs asked, and the task running `config` (if any).
+    planning: Option<Planning>,
     /// Queued tasks waiting for a slot, in order.
     ready: VecDeque<usize>,
     /// Its runs with a live process.
@@ -322,6 +322,20 @@ impl Exec {
 
     fn note(&self, note: Note) {
         self.observer.note(note);
+    }
+}
+
+/// A request being planned.
+struct Planning {
+    refs: Vec<String>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl Planning {
+    fn stop(&self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -587,8 +601,8 @@ impl Loop {
             }
         }
         for x in &self.execs {
-            if let Some((task, _)) = &x.planning {
-                task.abort();
+            if let Some(p) = &x.planning {
+                p.stop();
             }
         }
         match self.fatal {
@@ -652,8 +666,8 @@ impl Loop {
                 self.executor.stop(&l.handle, Stop::Kill);
             }
             for x in &mut self.execs {
-                if let Some((task, _)) = x.planning.take() {
-                    task.abort();
+                if let Some(p) = x.planning.take() {
+                    p.stop();
                 }
                 x.finished = true;
             }
@@ -774,7 +788,7 @@ impl Loop {
         let mut x = Exec::new(req.clone(), empty_plan());
         x.observer = observer;
         x.cap = cap.filter(|&c| c > 0);
-        x.planning = Some((tokio::spawn(async {}).abort_handle(), refs.to_vec()));
+        x.planning = Some(Planning { refs: refs.to_vec(), task: None });
         self.execs.push(x);
         let id = req.clone();
         self.commit(accepted, Some(Msg::Reply(Box::new(move || drop(reply.send(Ok(id)))))));
@@ -803,7 +817,7 @@ impl Loop {
             let _ = tx.send(Msg::Planned { exec: e, request: r, result }).await;
         });
         if let Some(x) = self.execs.get_mut(e) {
-            x.planning = Some((task.abort_handle(), asked));
+            x.planning = Some(Planning { refs: asked, task: Some(task.abort_handle()) });
         }
     }
 
@@ -935,8 +949,10 @@ impl Loop {
             };
         };
         // While `config` runs: stop it (its processes are killed) and end the request now.
-        if let Some((task, refs)) = self.execs[e].planning.take() {
-            task.abort();
+        if let Some(Planning { refs, task }) = self.execs[e].planning.take() {
+            if let Some(t) = task {
+                t.abort();
+            }
             let mut events: Vec<_> = refs
                 .iter()
                 .map(|r| {
@@ -1024,7 +1040,7 @@ impl Loop {
         for (req, refs, force) in resume.replan {
             let mut x = Exec::new(req.clone(), empty_plan());
             x.observer = observer.clone();
-            x.planning = Some((tokio::spawn(async {}).abort_handle(), refs.clone()));
+            x.planning = Some(Planning { refs: refs.clone(), task: None });
             self.execs.push(x);
             out.requests.push(req.clone());
             self.start_planning(self.execs.len() - 1, req, refs, force);
