@@ -240,6 +240,10 @@ unsafe fn held_child(
             libc::write(errors, msg.as_ptr().cast(), msg.len());
             libc::_exit(SPAWN_FAILED)
         };
+        // Keep nothing of the engine's open files but our two pipes: a held child must not keep
+        // the log's lock, its segments, or other runs' release pipes open (a run let go would
+        // wait for an end-of-file that another held child's copy of its pipe holds back).
+        close_all_but(release, errors);
         libc::setpgid(0, 0);
         // The engine's signal mask and ignored signals (SIGPIPE) must not reach the job.
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -278,6 +282,11 @@ unsafe fn held_child(
         if libc::dup2(input, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0 {
             fail(3);
         }
+        for fd in [input, out, err] {
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
         let mut byte = 0u8;
         loop {
             let n = libc::read(release, (&mut byte as *mut u8).cast(), 1);
@@ -308,6 +317,35 @@ pub fn exit_watch(
         tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
     }
     .map_err(|e| e.into_parts().1)
+}
+
+/// Closes every fd from 3 up except `a` and `b` (in a child after `fork`: async-signal-safe).
+///
+/// # Safety
+/// Only in a child after `fork`, before `execve`.
+unsafe fn close_all_but(a: i32, b: i32) {
+    let (lo, hi) = (a.min(b), a.max(b));
+    let ranges = [(3, lo - 1), (lo + 1, hi - 1), (hi + 1, i32::MAX)];
+    for (first, last) in ranges {
+        if first > last {
+            continue;
+        }
+        // SAFETY: close_range takes integers; on kernels without it, close one by one up to the
+        // fd limit.
+        unsafe {
+            if libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) != 0 {
+                let mut lim: libc::rlimit = std::mem::zeroed();
+                let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                    lim.rlim_cur.min(1 << 20) as i32
+                } else {
+                    4096
+                };
+                for fd in first..=last.min(max) {
+                    libc::close(fd);
+                }
+            }
+        }
+    }
 }
 
 /// Reaps a child that has exited (its pidfd was readable): its wait status, or `None` if it has

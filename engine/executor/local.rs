@@ -57,6 +57,8 @@ fn path_c(p: &std::path::Path) -> std::io::Result<CString> {
 impl Local {
     fn spawn(&self, spec: &RunSpec<'_>) -> std::io::Result<Prepared> {
         let paths = self.output(spec.run);
+        // The child creates the run's own directory; the logs directory must exist.
+        std::fs::create_dir_all(&self.logs_dir)?;
         let stdin_bytes = serde_json::to_vec(spec.config).map_err(std::io::Error::other)?;
         // The environment: the process's, the graph's `env`, the config's `env`, then ours.
         let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
