@@ -16,7 +16,7 @@ fn job(dir: &std::path::Path) -> Job {
     let script = dir.join("job.sh");
     std::fs::write(
         &script,
-        "#!/bin/sh\ncat > got_stdin.json\necho \"ran $1 $DATABUILD_OUTPUTS\"\n",
+        "#!/bin/sh\ncat > got_stdin.json\necho \"ran $2 $DATABUILD_OUTPUTS\"\n",
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
