@@ -10,6 +10,7 @@ mod cmd_history;
 mod cmd_recover;
 mod context;
 mod exit;
+mod live;
 mod progress;
 mod render;
 
