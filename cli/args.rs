@@ -91,6 +91,16 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Run exactly a JobGraph (as `analyze --format json` prints it), without calling `config`
     Execute(ExecuteArgs),
+    /// Print a shell completion script (e.g. `databuild completions bash > ~/.local/share/bash-completion/completions/databuild`)
+    Completions(CompletionsArgs),
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `cancel`.

@@ -23,7 +23,7 @@ const TAIL_CHUNK: u64 = 8 * 1024;
 /// until there are enough lines or [`TAIL_BYTES_MAX`] bytes were read, so a huge output costs
 /// one small read. Each line is cut to [`LINE_BYTES_SHOWN`] bytes with a "… (N bytes cut)"
 /// marker ("at least N" when the line starts before what was read).
-fn output_tail(path: &std::path::Path, n: usize) -> std::io::Result<Vec<String>> {
+pub fn output_tail(path: &std::path::Path, n: usize) -> std::io::Result<Vec<String>> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();

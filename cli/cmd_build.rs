@@ -44,6 +44,11 @@ pub fn open_store(ctx: &Ctx, wait: bool) -> Result<Store, CliError> {
     Ok(store)
 }
 
+/// The engine's slots: `--jobs`, else the graph file's `[defaults] jobs`, else the CPU count.
+pub fn jobs(flag: Option<u32>, graph: &Graph) -> usize {
+    flag.or(graph.default_jobs).map_or_else(cpus, |j| j as usize)
+}
+
 pub fn settings(ctx: &Ctx, jobs: Option<u32>) -> Settings {
     Settings {
         jobs: jobs.map_or_else(cpus, |j| j as usize),
@@ -63,6 +68,8 @@ pub fn local_executor(ctx: &Ctx) -> Result<Arc<Local>, CliError> {
 pub struct Outcome {
     pub requests: Vec<RequestEnd>,
     pub signal: Option<i32>,
+    /// Job runs that failed for good (full ids), for the last line.
+    pub failed_runs: Vec<String>,
 }
 
 /// Forwards notes to the progress renderer and keeps a planning failure for the exit code.
@@ -180,12 +187,22 @@ pub fn judge(outcome: &Outcome) -> Result<u8, CliError> {
         });
     }
     match outcome.requests.iter().find(|r| r.status != BuildRequestStatus::BuildRequestCompleted) {
-        Some(f) => Err(CliError::failed(format!(
-            "build request {} {}; see `databuild builds {}` and `databuild logs RUN` for the failed runs",
-            f.request,
-            render::short(f.status.as_str_name()),
-            f.request
-        ))),
+        Some(f) => {
+            let logs = match outcome.failed_runs.as_slice() {
+                [] => String::new(),
+                [one] => format!("; the failed run's output: `databuild logs {one}`"),
+                [first, rest @ ..] => format!(
+                    "; output of the first failed run: `databuild logs {first}` ({} more failed)",
+                    rest.len()
+                ),
+            };
+            Err(CliError::failed(format!(
+                "build request {} {}{logs}; every run: `databuild builds {}`",
+                f.request,
+                render::short(f.status.as_str_name()),
+                f.request
+            )))
+        }
         None => Ok(exit::SUCCESS),
     }
 }
@@ -208,8 +225,11 @@ pub fn build(ctx: &Ctx, a: BuildArgs) -> Result<u8, CliError> {
         );
     }
     ctx.check_logs_dir()?;
-    let progress =
-        Arc::new(Progress::new(ctx.quiet || ctx.format == Format::Json).verbose(ctx.verbose > 0));
+    let progress = Arc::new(
+        Progress::new(ctx.quiet || ctx.format == Format::Json)
+            .verbose(ctx.verbose > 0)
+            .logs_dir(ctx.logs_dir.clone()),
+    );
     let spec = BuildSpec { refs: a.refs.clone(), force: a.force, cap: None };
     let how = Run { wait: a.wait, jobs: a.jobs, verb: "build" };
     run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.submit(spec, o).await })
@@ -237,8 +257,11 @@ pub fn execute(ctx: &Ctx, a: ExecuteArgs) -> Result<u8, CliError> {
     })?;
     let rt = runtime()?;
     ctx.check_logs_dir()?;
-    let progress =
-        Arc::new(Progress::new(ctx.quiet || ctx.format == Format::Json).verbose(ctx.verbose > 0));
+    let progress = Arc::new(
+        Progress::new(ctx.quiet || ctx.format == Format::Json)
+            .verbose(ctx.verbose > 0)
+            .logs_dir(ctx.logs_dir.clone()),
+    );
     let how = Run { wait: a.wait, jobs: a.jobs, verb: "execute" };
     run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.execute(jg, None, o).await })
 }
@@ -268,7 +291,18 @@ where
     Fut: std::future::Future<Output = Result<String, databuild::engine::SubmitError>>,
 {
     let executor = local_executor(ctx)?;
-    let settings = settings(ctx, how.jobs);
+    let slots = jobs(how.jobs, &graph);
+    if ctx.verbose > 0 {
+        let from = if how.jobs.is_some() {
+            "--jobs"
+        } else if graph.default_jobs.is_some() {
+            "[defaults] jobs in the graph file"
+        } else {
+            "the CPU count"
+        };
+        eprintln!("running up to {slots} jobs at once ({from})");
+    }
+    let settings = settings(ctx, how.jobs.or(graph.default_jobs));
     let _guard = rt.enter();
     let mut signals = Signals::install()?;
     let store = Arc::new(open_store(ctx, how.wait)?);
@@ -306,7 +340,7 @@ where
     progress.finish();
     close(store);
     let outcome = match result {
-        Ok(o) => o,
+        Ok(o) => Outcome { failed_runs: progress.failed_runs(), ..o },
         Err((_, Some(submit_err)))
             if !matches!(submit_err, databuild::engine::SubmitError::Engine(_)) =>
         {
@@ -346,7 +380,7 @@ pub fn analyze(ctx: &Ctx, a: AnalyzeArgs) -> Result<u8, CliError> {
     }
     let (state, _) = crate::cmd_history::load(ctx)?;
     let rt = runtime()?;
-    let jobs = a.jobs.map_or_else(cpus, |j| j as usize);
+    let jobs = jobs(a.jobs, &graph);
     let plan = rt
         .block_on(databuild::planner::analyze(&graph, state, &a.refs, a.force, jobs))
         .map_err(|e| exit::plan_error(&e))?;

@@ -242,16 +242,20 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
                 return Ok(exit::SUCCESS);
             }
             let color = render::color_stdout();
-            let mut t = Table::new(&["PARTITION", "STATUS", "SEQ", "JOB RUN", "BUILD REQUEST"]);
+            let live = crate::live::Liveness::new(ctx, a.at.is_none());
+            let mut t =
+                Table::new(&["PARTITION", "STATUS", "SEQ", "JOB RUN", "BUILD REQUEST", "MESSAGE"]);
             for r in rows {
                 let seq = if r.seq > 0 { r.seq.to_string() } else { "-".into() };
-                let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+                let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+                let [status, message] = live.partition_cells(state, color, &r);
                 t.row(vec![
                     render::cell(&r.partition),
-                    render::status_cell(color, r.status.as_str_name()),
+                    status,
                     (seq.clone(), seq.len()),
-                    (dash(r.job_run_id.clone()), dash(r.job_run_id).len()),
-                    (dash(r.build_request_id.clone()), dash(r.build_request_id).len()),
+                    (dash(&r.job_run_id), dash(&r.job_run_id).len()),
+                    (dash(&r.build_request_id), dash(&r.build_request_id).len()),
+                    message,
                 ]);
             }
             t.print();
@@ -303,6 +307,7 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
                 return Ok(exit::SUCCESS);
             }
             let color = render::color_stdout();
+            let live = crate::live::Liveness::new(ctx, true);
             let mut t =
                 Table::new(&["BUILD REQUEST", "STATUS", "RECEIVED", "DURATION", "REQUESTED"]);
             for r in reqs {
@@ -314,13 +319,16 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
                 let d = request_duration(r);
                 t.row(vec![
                     (r.id.to_string(), r.id.len()),
-                    render::status_cell(color, r.status.as_str_name()),
+                    live.request_cell(color, r),
                     (received.clone(), received.len()),
                     (d.clone(), d.len()),
                     render::cell(&requested),
                 ]);
             }
             t.print();
+            if live.any_request_interrupted(state) {
+                eprintln!("note: INTERRUPTED: {}", crate::live::INTERRUPTED);
+            }
         }
     }
     Ok(exit::SUCCESS)

@@ -42,13 +42,14 @@ pub fn recover(ctx: &Ctx, a: crate::args::RecoverArgs) -> Result<u8, CliError> {
     let rt = crate::cmd_build::runtime()?;
     ctx.check_logs_dir()?;
     let executor = local_executor(ctx)?;
-    let settings = settings(ctx, a.jobs);
+    let settings = settings(ctx, a.jobs.or(graph.default_jobs));
     let _guard = rt.enter();
     let mut signals = Signals::install()?;
     let store = Arc::new(open_store(ctx, a.wait)?);
-    let progress = Arc::new(crate::progress::Progress::new(
-        ctx.quiet || ctx.format == crate::args::Format::Json,
-    ));
+    let progress = Arc::new(
+        crate::progress::Progress::new(ctx.quiet || ctx.format == crate::args::Format::Json)
+            .logs_dir(ctx.logs_dir.clone()),
+    );
     let started = std::time::Instant::now();
     let result = rt.block_on(async {
         let (engine, reconciled) = Engine::open(store.clone(), graph, settings, executor).await?;
@@ -83,6 +84,7 @@ pub fn recover(ctx: &Ctx, a: crate::args::RecoverArgs) -> Result<u8, CliError> {
     progress.finish();
     close(store);
     let (outcome, finished) = result.map_err(|e| exit::engine_error(&e, &ctx.log_dir))?;
+    let outcome = Outcome { failed_runs: progress.failed_runs(), ..outcome };
     if outcome.requests.is_empty() {
         if !ctx.quiet {
             crate::render::out("nothing to recover: no interrupted build requests");
@@ -99,6 +101,7 @@ pub fn recover(ctx: &Ctx, a: crate::args::RecoverArgs) -> Result<u8, CliError> {
             .cloned()
             .collect(),
         signal: outcome.signal,
+        failed_runs: outcome.failed_runs.clone(),
     };
     crate::cmd_build::judge(&judged)
 }

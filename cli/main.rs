@@ -5,11 +5,13 @@ mod cmd_admin;
 mod cmd_audit;
 mod cmd_build;
 mod cmd_cancel;
+mod cmd_completions;
 mod cmd_gc;
 mod cmd_history;
 mod cmd_recover;
 mod context;
 mod exit;
+mod live;
 mod progress;
 mod render;
 
@@ -30,6 +32,10 @@ fn main() -> ExitCode {
 
 fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
     use args::Command as C;
+    // Needs no graph file or log.
+    if let C::Completions(a) = &cli.command {
+        return cmd_completions::completions(a);
+    }
     let ctx = context::Ctx::resolve(&cli.global)?;
     match cli.command {
         C::Build(a) => cmd_build::build(&ctx, a),
@@ -47,5 +53,6 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
         C::Gc(a) => cmd_gc::gc(&ctx, a),
         C::Cancel(a) => cmd_cancel::cancel(&ctx, a),
         C::Execute(a) => cmd_build::execute(&ctx, a),
+        C::Completions(_) => unreachable!("handled above"),
     }
 }

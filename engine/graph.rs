@@ -53,6 +53,8 @@ pub struct Graph {
     pub jobs: Vec<Job>,
     /// A digest of the file's bytes.
     pub digest: String,
+    /// `[defaults] jobs`: the engine's slots when `--jobs` is not given.
+    pub default_jobs: Option<u32>,
     set: RegexSet,
     pattern_job: Vec<usize>,
 }
@@ -115,6 +117,7 @@ pub enum LookupError {
 #[serde(deny_unknown_fields)]
 struct FileToml {
     graph: Option<GraphToml>,
+    defaults: Option<DefaultsToml>,
     #[serde(default)]
     jobs: Vec<toml::Value>,
 }
@@ -123,6 +126,14 @@ struct FileToml {
 #[serde(deny_unknown_fields)]
 struct GraphToml {
     label: Option<String>,
+}
+
+/// `[defaults]`: what command-line flags default to for this graph.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultsToml {
+    /// `--jobs` when not given.
+    jobs: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +272,16 @@ impl Graph {
         if file.jobs.is_empty() {
             return Err(file_err("no [[jobs]] defined; add at least one job".into()));
         }
+        let default_jobs = match file.defaults.and_then(|d| d.jobs) {
+            None => None,
+            Some(n) if (1..=i64::from(u16::MAX)).contains(&n) => Some(n as u32),
+            Some(n) => {
+                return Err(file_err(format!(
+                    "key 'defaults.jobs' is {n}; it must be a whole number from 1 to {} (how many jobs run at once when --jobs is not given)",
+                    u16::MAX
+                )));
+            }
+        };
         let mut jobs: Vec<Job> = Vec::with_capacity(file.jobs.len());
         let mut patterns: Vec<String> = Vec::new();
         let mut pattern_job: Vec<usize> = Vec::new();
@@ -339,6 +360,7 @@ impl Graph {
             label,
             jobs,
             digest: digest(text.as_bytes()),
+            default_jobs,
             set,
             pattern_job,
         })
