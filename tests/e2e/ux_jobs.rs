@@ -278,3 +278,21 @@ fn every_json_time_field_is_in_the_readme_table() {
         keys.iter().filter(|k| !table.contains(&format!("`{k}`"))).collect();
     assert!(missing.is_empty(), "time fields the README's table does not document: {missing:?}");
 }
+
+#[test]
+fn the_tour_starts_with_the_dry_run_and_names_only_real_commands() {
+    let text = readme();
+    let tour = &text[text.find("## A tour").unwrap()..];
+    let tour = &tour[..tour.find("\n```\n").unwrap()];
+    let commands: Vec<&str> = tour
+        .lines()
+        .filter_map(|l| l.strip_prefix("databuild "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(commands.first(), Some(&"analyze"), "the dry run comes first: {commands:?}");
+    assert!(tour.contains("rm -rf .databuild data"), "the tour starts from an empty log");
+    let e = Env::empty();
+    for c in commands {
+        e.run(&[c, "--help"]).ok();
+    }
+}
