@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use databuild::config::ConfigErrorKind;
+use databuild::config::{ConfigError, ConfigErrorKind};
 use databuild::engine::{EngineError, SubmitError};
 use databuild::graph::{GraphError, LookupError};
 use databuild::planner::PlanError;
@@ -129,24 +129,49 @@ pub fn lookup_error(e: &LookupError) -> CliError {
 pub fn plan_error(e: &PlanError) -> CliError {
     match e {
         PlanError::Lookup(l) => lookup_error(l),
-        PlanError::Config(c) => {
-            let hint = match c.kind {
-                ConfigErrorKind::Spawn(_) => "check the entrypoint",
-                ConfigErrorKind::Timeout(_) => {
-                    "make the job's config answer sooner (it must not wait on anything long-running), or raise config_timeout_seconds in the graph file"
-                }
-                ConfigErrorKind::Limit(_) => {
-                    "check what the job's config prints: one JobConfigureResponse on stdout, then it must exit"
-                }
-                _ => "fix the job's config output (see its stderr below, and `databuild analyze`)",
-            };
-            let mut err = CliError::bad_input(format!("{c}; {hint}"));
-            err.detail = c.stderr_tail.clone();
-            err
-        }
+        PlanError::Config(c) => config_error(c),
         PlanError::Internal(why) => CliError::internal(why),
         other => CliError::bad_input(format!("{other}; fix the job configs")),
     }
+}
+
+/// A job's config error: what went wrong, where its captured output is, and what to do; the last
+/// lines of its stderr follow (and are announced only when there are some).
+fn config_error(c: &ConfigError) -> CliError {
+    let mut hint = match c.kind {
+        ConfigErrorKind::Spawn(_) => "check the entrypoint".to_string(),
+        ConfigErrorKind::Timeout(_) => "make the job's config answer sooner (it must not wait on anything long-running), or raise config_timeout_seconds in the graph file".to_string(),
+        ConfigErrorKind::Limit(_) => "check what the job's config prints: one JobConfigureResponse on stdout, then it must exit".to_string(),
+        ConfigErrorKind::Parse(_) => format!(
+            "make `config` print one JobConfigureResponse on stdout, e.g. {} (the README's \"job protocol\" has complete jobs)",
+            databuild::config::EXAMPLE_ANSWER
+        ),
+        _ => "fix the job's config output".to_string(),
+    };
+    if let Some((stdout, stderr)) = c.files() {
+        let (stdout, stderr) = (shown_path(&stdout), shown_path(&stderr));
+        if matches!(c.kind, ConfigErrorKind::Spawn(_)) {
+            // It never ran: the files hold nothing.
+        } else {
+            hint.push_str(&format!("; its output is kept in {stdout} and {stderr}"));
+        }
+    }
+    if !c.stderr_tail.is_empty() {
+        hint.push_str("; the last lines of its stderr follow");
+    }
+    let mut err = CliError::bad_input(format!("{c}; {hint}"));
+    err.detail = c.stderr_tail.clone();
+    err
+}
+
+/// `path` relative to the current directory when it is under it (`.databuild/logs/...`).
+fn shown_path(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|d| path.strip_prefix(d).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 pub fn commit_error(e: &CommitError, dir: &Path) -> CliError {

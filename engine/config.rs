@@ -53,6 +53,8 @@ pub struct ConfigError {
     pub kind: ConfigErrorKind,
     /// The last lines of the call's stderr.
     pub stderr_tail: Vec<String>,
+    /// Where the call's stdout and stderr were kept (none for `analyze`).
+    pub log: Option<ConfigLog>,
 }
 
 /// What went wrong with a `config` call.
@@ -83,6 +85,11 @@ fn refs_text(refs: &[String]) -> String {
 }
 
 impl ConfigError {
+    /// The files holding the call's captured stdout and stderr, if they were kept.
+    pub fn files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.log.as_ref().map(ConfigLog::files)
+    }
+
     fn headline(&self) -> String {
         let what = match &self.kind {
             ConfigErrorKind::Spawn(e) => format!("could not start the entrypoint: {e}"),
@@ -118,17 +125,186 @@ pub fn chunk(job: usize, refs: Vec<String>) -> Vec<ConfigCall> {
     calls
 }
 
+/// What a `config` call answered.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Configured {
+    /// The configs.
+    pub configs: Vec<JobConfig>,
+    /// Inputs written without a `depType` (so QUERY, proto3's default): (index of the config in
+    /// `configs`, the input's ref). The planner warns of those a job of the graph would build.
+    pub implicit_query: Vec<(usize, String)>,
+}
+
+impl From<Vec<JobConfig>> for Configured {
+    fn from(configs: Vec<JobConfig>) -> Configured {
+        Configured { configs, implicit_query: Vec::new() }
+    }
+}
+
+/// A complete, minimal answer, shown with shape errors.
+pub const EXAMPLE_ANSWER: &str = r#"{"configs":[{"outputs":[{"str":"daily/2025-01-01"}],"inputs":[{"depType":"MATERIALIZE","partitionRef":{"str":"raw/2025-01-01"}}],"args":["2025-01-01"],"env":{"K":"V"}}]}"#;
+
 /// Parses a `config` call's stdout: exactly one JSON object, canonical proto3 JSON (camelCase or
 /// snake_case names, enum names or numbers), unknown fields refused.
 pub fn parse_response(stdout: &[u8]) -> Result<JobConfigureResponse, String> {
+    parse_answer(stdout).map(|a| JobConfigureResponse { configs: a.configs })
+}
+
+/// [`parse_response`], also telling which inputs had no `depType`. A wrong shape is named by
+/// its position (`configs[0].outputs[1]`) and what was expected there.
+pub fn parse_answer(stdout: &[u8]) -> Result<Configured, String> {
     let text = std::str::from_utf8(stdout).map_err(|_| "stdout is not UTF-8".to_string())?;
     if text.trim().is_empty() {
-        return Err("stdout is empty".to_string());
+        return Err(
+            "stdout is empty (it must be one JSON object; print logs to stderr)".to_string()
+        );
     }
     if !text.trim_start().starts_with('{') {
-        return Err("stdout is not a JSON object".to_string());
+        let first: String =
+            text.trim_start().lines().next().unwrap_or("").chars().take(60).collect();
+        return Err(format!(
+            "stdout is not a JSON object: it starts with {first:?} (print only the JSON answer on stdout, logs to stderr)"
+        ));
     }
-    serde_json::from_str::<JobConfigureResponse>(text).map_err(|e| e.to_string())
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        format!("stdout is not one valid JSON object: {e} (print only the JSON answer on stdout, logs to stderr)")
+    })?;
+    shape::answer(&value)?;
+    let resp = serde_json::from_str::<JobConfigureResponse>(text).map_err(|e| e.to_string())?;
+    let mut implicit_query = Vec::new();
+    let configs = value.get("configs").and_then(serde_json::Value::as_array);
+    for (i, c) in configs.into_iter().flatten().enumerate() {
+        let inputs = c.get("inputs").and_then(serde_json::Value::as_array);
+        for d in inputs.into_iter().flatten() {
+            let dep = d.get("depType").or_else(|| d.get("dep_type"));
+            if dep.is_none_or(serde_json::Value::is_null) {
+                let r = d.get("partitionRef").or_else(|| d.get("partition_ref"));
+                if let Some(r) = r.and_then(|r| r.get("str")).and_then(serde_json::Value::as_str) {
+                    implicit_query.push((i, r.to_string()));
+                }
+            }
+        }
+    }
+    Ok(Configured { configs: resp.configs, implicit_query })
+}
+
+/// Checks the shape of a `JobConfigureResponse` as JSON, naming the first place that is wrong.
+mod shape {
+    use serde_json::{Map, Value};
+
+    type R = Result<(), String>;
+
+    fn found(v: &Value) -> String {
+        match v {
+            Value::Null => "null".into(),
+            Value::Bool(b) => format!("{b}"),
+            Value::Number(n) => format!("the number {n}"),
+            Value::String(s) if s.chars().count() > 40 => {
+                format!("the string {:?}…", s.chars().take(40).collect::<String>())
+            }
+            Value::String(s) => format!("the string {s:?}"),
+            Value::Array(_) => "an array".into(),
+            Value::Object(_) => "an object".into(),
+        }
+    }
+
+    fn expected(path: &str, what: &str, v: &Value) -> String {
+        format!("{path}: expected {what}, found {}", found(v))
+    }
+
+    fn object<'v>(path: &str, what: &str, v: &'v Value) -> Result<&'v Map<String, Value>, String> {
+        v.as_object().ok_or_else(|| expected(path, what, v))
+    }
+
+    /// Calls `each` on every element of an array (null reads as empty, as in proto3 JSON).
+    fn array(path: &str, what: &str, v: &Value, mut each: impl FnMut(String, &Value) -> R) -> R {
+        match v {
+            Value::Null => Ok(()),
+            Value::Array(items) => {
+                for (i, x) in items.iter().enumerate() {
+                    each(format!("{path}[{i}]"), x)?;
+                }
+                Ok(())
+            }
+            _ => Err(expected(path, &format!("an array of {what}"), v)),
+        }
+    }
+
+    fn unknown(path: &str, key: &str, known: &str) -> String {
+        format!("{path}: unknown field {key:?} (the fields are {known})")
+    }
+
+    fn string(path: &str, v: &Value) -> R {
+        if v.is_string() || v.is_null() { Ok(()) } else { Err(expected(path, "a string", v)) }
+    }
+
+    fn partition_ref(path: &str, v: &Value) -> R {
+        let what = r#"a partition ref object like {"str":"daily/2025-01-01"}"#;
+        for (k, x) in object(path, what, v)? {
+            match k.as_str() {
+                "str" => string(&format!("{path}.str"), x)?,
+                _ => return Err(unknown(path, k, "str")),
+            }
+        }
+        Ok(())
+    }
+
+    fn input(path: &str, v: &Value) -> R {
+        let what = r#"an input object like {"depType":"MATERIALIZE","partitionRef":{"str":"raw/2025-01-01"}}"#;
+        for (k, x) in object(path, what, v)? {
+            match k.as_str() {
+                "depType" | "dep_type" => match x {
+                    Value::Null => {}
+                    Value::String(s) if s == "MATERIALIZE" || s == "QUERY" => {}
+                    Value::Number(n) if n.as_u64().is_some_and(|n| n <= 1) => {}
+                    _ => {
+                        return Err(expected(
+                            &format!("{path}.{k}"),
+                            r#""MATERIALIZE" (built first) or "QUERY" (recorded only)"#,
+                            x,
+                        ));
+                    }
+                },
+                "partitionRef" | "partition_ref" => partition_ref(&format!("{path}.{k}"), x)?,
+                _ => return Err(unknown(path, k, "depType, partitionRef")),
+            }
+        }
+        Ok(())
+    }
+
+    fn config(path: &str, v: &Value) -> R {
+        let what = r#"a config object like {"outputs":[{"str":"daily/2025-01-01"}],"inputs":[],"args":[],"env":{}}"#;
+        for (k, x) in object(path, what, v)? {
+            let at = format!("{path}.{k}");
+            match k.as_str() {
+                "outputs" => array(&at, "partition refs", x, |p, o| partition_ref(&p, o))?,
+                "inputs" => array(&at, "inputs", x, |p, d| input(&p, d))?,
+                "args" => array(&at, "strings", x, |p, a| string(&p, a))?,
+                "env" => match x {
+                    Value::Null => {}
+                    Value::Object(m) => {
+                        for (name, val) in m {
+                            string(&format!("{at}.{name}"), val)?;
+                        }
+                    }
+                    _ => return Err(expected(&at, r#"an object of strings like {"K":"V"}"#, x)),
+                },
+                _ => return Err(unknown(path, k, "outputs, inputs, args, env")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole answer.
+    pub(super) fn answer(v: &Value) -> R {
+        for (k, x) in object("the answer", r#"an object like {"configs":[...]}"#, v)? {
+            match k.as_str() {
+                "configs" => array("configs", "configs", x, |p, c| config(&p, c))?,
+                _ => return Err(unknown("the answer", k, "configs")),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks an answer against the graph and the refs asked: every config has outputs, every output
@@ -258,6 +434,16 @@ pub struct ConfigLog {
     pub stem: String,
 }
 
+impl ConfigLog {
+    /// `<dir>/<stem>.stdout` and `<dir>/<stem>.stderr`.
+    pub fn files(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{}.stdout", self.stem)),
+            self.dir.join(format!("{}.stderr", self.stem)),
+        )
+    }
+}
+
 /// Runs one `config` call and checks its answer.
 ///
 /// The call runs in its own process group. Its output is read until the leader exits and both
@@ -271,13 +457,14 @@ pub async fn run(
     call: &ConfigCall,
     build_request_id: Option<&str>,
     log: Option<&ConfigLog>,
-) -> Result<Vec<JobConfig>, ConfigError> {
+) -> Result<Configured, ConfigError> {
     let job = &graph.jobs[call.job];
     let fail = |kind: ConfigErrorKind, stderr: &[u8]| ConfigError {
         job: job.label.clone(),
         refs: call.refs.clone(),
         kind,
         stderr_tail: tail_lines(stderr, STDERR_LINES_SHOWN),
+        log: log.cloned(),
     };
     let mut cmd = tokio::process::Command::new(&job.entrypoint);
     cmd.arg("config")
@@ -296,7 +483,17 @@ pub async fn run(
         std::fs::create_dir_all(&l.dir).ok()?;
         std::fs::File::create(l.dir.join(format!("{}.stderr", l.stem))).ok()
     });
-    let mut child = cmd.spawn().map_err(|e| fail(ConfigErrorKind::Spawn(e), b""))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        // A file that exists but cannot be started says why (a CRLF `#!` line, a missing
+        // interpreter), not just "No such file or directory".
+        let e = match e.raw_os_error() {
+            Some(errno) => {
+                std::io::Error::new(e.kind(), sys::spawn_error_text(&job.entrypoint, errno))
+            }
+            None => e,
+        };
+        fail(ConfigErrorKind::Spawn(e), b"")
+    })?;
     // Kills the group on every way out of this function, a dropped future included.
     let group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0));
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
@@ -402,15 +599,20 @@ pub async fn run(
     }
     if !status.success() {
         let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+            (Some(c @ (126 | 127)), _) => match sys::diagnose_entrypoint(&job.entrypoint) {
+                Some(why) => format!("exited with code {c}: {why}"),
+                None => format!("exited with code {c}"),
+            },
             (Some(c), _) => format!("exited with code {c}"),
             (None, Some(s)) => format!("was killed by signal {s}"),
             _ => "failed".to_string(),
         };
         return Err(fail(ConfigErrorKind::Exit(how), &err));
     }
-    let resp = parse_response(&out).map_err(|m| fail(ConfigErrorKind::Parse(m), &err))?;
+    let answer = parse_answer(&out).map_err(|m| fail(ConfigErrorKind::Parse(m), &err))?;
+    let resp = JobConfigureResponse { configs: answer.configs };
     validate(graph, call, &resp).map_err(|m| fail(ConfigErrorKind::Invalid(m), &err))?;
-    Ok(resp.configs)
+    Ok(Configured { configs: resp.configs, implicit_query: answer.implicit_query })
 }
 
 /// Why reading a `config` call stopped before it ended on its own.

@@ -296,6 +296,7 @@ fn empty_plan() -> Plan {
         satisfied: Vec::new(),
         producer: HashMap::new(),
         dropped: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 
@@ -850,13 +851,18 @@ impl Loop {
                 };
                 self.staged_then.push(Msg::Report(e, done));
             }
-            Ok(plan) => {
+            Ok(mut plan) => {
                 let tasks = plan.nodes.len();
                 let dropped = plan.dropped.clone();
+                let warnings = std::mem::take(&mut plan.warnings);
                 let (events, delegated, skipped) = self.plan_commit(e, plan);
                 let note =
                     Note::Planned { request: req.to_string(), tasks, skipped, dropped, delegated };
                 self.commit(events, Some(Msg::Report(e, note)));
+                // The planner's warnings, once the plan is durable.
+                for w in warnings {
+                    self.staged_then.push(Msg::Report(e, Note::Warning(w)));
+                }
             }
         }
     }

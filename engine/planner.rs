@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use crate::config::{self, ConfigCall, ConfigError, ConfigLog};
+use crate::config::{self, ConfigCall, ConfigError, ConfigLog, Configured};
 use crate::graph::{Graph, LookupError};
 use crate::proto::{DepType, GraphLabel, JobConfig, JobGraph, JobLabel, PartitionRef, Task};
 use crate::state::State;
@@ -86,6 +86,9 @@ pub struct Plan {
     /// Configs a `config` call answered that nothing needs (their outputs were not asked for, or
     /// are AVAILABLE): dropped, never run.
     pub dropped: Vec<Dropped>,
+    /// What the user should know about the plan (an input without `depType`, read as QUERY, that
+    /// a job of the graph would build and that is not AVAILABLE): noted, never fatal.
+    pub warnings: Vec<String>,
 }
 
 /// A config answered by a `config` call and dropped from the plan: none of its outputs was
@@ -184,6 +187,9 @@ pub struct Planner<'g> {
     nodes: Vec<Node>,
     producer: HashMap<String, usize>,
     dropped: Vec<Dropped>,
+    /// Inputs of planned configs written without a `depType`: (job, the config's first output,
+    /// the input).
+    implicit: Vec<(String, String, String)>,
 }
 
 impl<'g> Planner<'g> {
@@ -207,6 +213,7 @@ impl<'g> Planner<'g> {
             nodes: Vec::new(),
             producer: HashMap::new(),
             dropped: Vec::new(),
+            implicit: Vec::new(),
         };
         for r in requested {
             if p.seen.insert(r.clone()) {
@@ -243,9 +250,20 @@ impl<'g> Planner<'g> {
     /// for a call of its own) is dropped: a `config` may answer for a whole batch, and running
     /// what nobody asked for would rebuild AVAILABLE partitions without `--force`.
     pub fn answer(&mut self, call: &ConfigCall, configs: Vec<JobConfig>) -> Result<(), PlanError> {
+        self.answer_configured(call, configs.into())
+    }
+
+    /// [`Planner::answer`], also taking which inputs were written without a `depType` (see
+    /// [`Planner::implicit_query_warnings`]).
+    pub fn answer_configured(
+        &mut self,
+        call: &ConfigCall,
+        answer: Configured,
+    ) -> Result<(), PlanError> {
+        let Configured { configs, implicit_query } = answer;
         let job = &self.graph.jobs[call.job].label;
         let asked: HashSet<&str> = call.refs.iter().map(String::as_str).collect();
-        for c in configs {
+        for (i, c) in configs.into_iter().enumerate() {
             let n = node(job.clone(), c);
             let needed = n.outputs.iter().any(|o| {
                 asked.contains(o.as_str())
@@ -272,6 +290,10 @@ impl<'g> Planner<'g> {
                 None => {}
             }
             let idx = self.nodes.len();
+            for (_, input) in implicit_query.iter().filter(|(k, _)| *k == i) {
+                let of = n.outputs.first().cloned().unwrap_or_default();
+                self.implicit.push((job.clone(), of, input.clone()));
+            }
             for o in &n.outputs {
                 self.producer.insert(o.clone(), idx);
                 // A ref first seen as satisfied is now rebuilt by this task.
@@ -286,6 +308,46 @@ impl<'g> Planner<'g> {
             self.nodes.push(n);
         }
         Ok(())
+    }
+
+    /// Warnings about inputs written without a `depType` (so QUERY: never built, never waited
+    /// for) that a job of the graph produces and that `state` does not show AVAILABLE: most
+    /// likely a forgotten `"depType": "MATERIALIZE"`. One line per job.
+    pub fn implicit_query_warnings(&self, state: &dyn Catalog) -> Vec<String> {
+        const SHOWN: usize = 3;
+        let mut by_job: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+        let mut seen = HashSet::new();
+        for (job, of, input) in &self.implicit {
+            if !seen.insert((job, input)) {
+                continue;
+            }
+            if self.graph.owner(input).is_ok() && !state.is_available(input) {
+                by_job.entry(job).or_default().push((input, of));
+            }
+        }
+        by_job
+            .into_iter()
+            .map(|(job, inputs)| {
+                let mut list: Vec<String> = inputs
+                    .iter()
+                    .take(SHOWN)
+                    .map(|(input, of)| format!("'{input}' (of '{of}')"))
+                    .collect();
+                if inputs.len() > SHOWN {
+                    list.push(format!("and {} more", inputs.len() - SHOWN));
+                }
+                let (n, them) = if inputs.len() == 1 {
+                    ("an input".to_string(), "it")
+                } else {
+                    (format!("{} inputs", inputs.len()), "them")
+                };
+                format!(
+                    "job '{job}' config gave {n} without a depType, so QUERY (not built first, not waited for), although a job of the graph produces {them} and {them} {} not AVAILABLE: {}; write \"depType\": \"MATERIALIZE\" to build {them} first, or \"depType\": \"QUERY\" to keep this without the warning",
+                    if inputs.len() == 1 { "is" } else { "are" },
+                    list.join(", ")
+                )
+            })
+            .collect()
     }
 
     /// The plan, with tasks sorted topologically.
@@ -375,6 +437,7 @@ fn finish(
         satisfied: satisfied.into_iter().collect(),
         producer,
         dropped: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 
@@ -399,9 +462,8 @@ fn describe_cycle(nodes: &[Node], deps: &[Vec<usize>], indegree: &[usize]) -> St
 }
 
 /// A `config` call's answer, on its way.
-pub type ConfigFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Vec<JobConfig>, ConfigError>> + Send>,
->;
+pub type ConfigFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Configured, ConfigError>> + Send>>;
 
 /// Runs `config` calls: the jobs' entrypoints ([`Processes`]), or, in tests, a function, so that
 /// thousands of random builds plan without starting a process.
@@ -482,7 +544,7 @@ pub async fn plan_with(
                 (i, answer.await)
             });
         }
-        let mut answers: Vec<Option<Result<Vec<JobConfig>, ConfigError>>> =
+        let mut answers: Vec<Option<Result<Configured, ConfigError>>> =
             (0..calls.len()).map(|_| None).collect();
         while let Some(done) = set.join_next().await {
             match done {
@@ -497,10 +559,13 @@ pub async fn plan_with(
             let Some(answer) = answer else {
                 return Err(PlanError::Internal("a config call was not answered".into()));
             };
-            planner.answer(call, answer.map_err(|e| PlanError::Config(Box::new(e)))?)?;
+            planner.answer_configured(call, answer.map_err(|e| PlanError::Config(Box::new(e)))?)?;
         }
     }
-    planner.finish()
+    let warnings = planner.implicit_query_warnings(state);
+    let mut plan = planner.finish()?;
+    plan.warnings = warnings;
+    Ok(plan)
 }
 
 /// Plans `refs` against a read-only state: what a build would run. Nothing is written.

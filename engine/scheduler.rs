@@ -148,6 +148,7 @@ mod tests {
             satisfied: vec![],
             producer: Default::default(),
             dropped: vec![],
+            warnings: vec![],
         }
     }
 

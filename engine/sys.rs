@@ -157,6 +157,74 @@ pub fn errno_text(errno: i32) -> String {
     io::Error::from_raw_os_error(errno).to_string()
 }
 
+/// Why the kernel (or `/usr/bin/env`) could not start the entrypoint at `path`, when its first
+/// line shows it: a `#!` line ending in a carriage return (Windows line endings), an interpreter
+/// that does not exist or is not executable, or a text file without a `#!` line. `None` when the
+/// file does not exist or its first line looks fine. Used for `config` (a failed spawn, or exit
+/// 126/127) and for `exec` (a failed `execve`, or exit 126/127).
+pub fn diagnose_entrypoint(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(path).ok()?.take(512).read_to_end(&mut head).ok()?;
+    let first = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = String::from_utf8_lossy(first);
+    let mut shown: String = line.chars().take(100).collect();
+    if shown.len() < line.len() {
+        shown.push('…');
+    }
+    let shown = shown.replace('\r', "\\r");
+    let file = path.display();
+    if head.starts_with(b"\x7fELF") {
+        return None;
+    }
+    let Some(rest) = line.strip_prefix("#!") else {
+        return Some(format!(
+            "{file} is neither a program this machine runs nor a script: its first line `{shown}` does not start with `#!`; make it e.g. `#!/bin/sh` or `#!/usr/bin/env python3`"
+        ));
+    };
+    if line.ends_with('\r') {
+        return Some(format!(
+            "the first line of {file}, `{shown}`, ends with a carriage return (Windows line endings), so the interpreter looked for is `{}`; convert the file: sed -i 's/\\r$//' {file}",
+            rest.trim_start_matches([' ', '\t']).replace('\r', "\\r")
+        ));
+    }
+    let interpreter = rest.trim_start_matches([' ', '\t']).split([' ', '\t']).next().unwrap_or("");
+    if interpreter.is_empty() {
+        return Some(format!("the first line of {file}, `{shown}`, names no interpreter"));
+    }
+    match std::fs::metadata(interpreter) {
+        Err(_) => Some(format!(
+            "the interpreter `{interpreter}` named by the first line of {file} (`{shown}`) does not exist; fix the path, or use `#!/usr/bin/env NAME`"
+        )),
+        Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => Some(format!(
+            "the interpreter `{interpreter}` named by the first line of {file} (`{shown}`) is not an executable file"
+        )),
+        Ok(_) if interpreter.ends_with("/env") => {
+            let program = rest.split([' ', '\t']).filter(|w| !w.is_empty()).nth(1)?;
+            let on_path = std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()));
+            (!program.starts_with('-') && !on_path).then(|| {
+                format!("`{program}`, which the first line of {file} (`{shown}`) runs through `{interpreter}`, is not on PATH")
+            })
+        }
+        Ok(_) => None,
+    }
+}
+
+/// The text of a failed start of `path` with `errno`: [`diagnose_entrypoint`]'s explanation when
+/// the error is ENOENT, ENOEXEC or EACCES for a file that exists, else the errno's text.
+pub fn spawn_error_text(path: &std::path::Path, errno: i32) -> String {
+    let plain = errno_text(errno);
+    if matches!(errno, libc::ENOENT | libc::ENOEXEC | libc::EACCES)
+        && path.is_file()
+        && let Some(why) = diagnose_entrypoint(path)
+    {
+        return format!("{plain}: {why}");
+    }
+    plain
+}
+
 fn pipe_cloexec() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     use std::os::fd::FromRawFd;
     let mut fds = [0i32; 2];

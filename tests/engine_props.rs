@@ -151,7 +151,7 @@ impl Configure for Answers {
             })
             .collect();
         let resp = JobConfigureResponse { configs };
-        let checked = databuild::config::validate(graph, call, &resp).map(|()| resp.configs);
+        let checked = databuild::config::validate(graph, call, &resp).map(|()| resp.configs.into());
         let (job, refs) = (graph.jobs[call.job].label.clone(), call.refs.clone());
         Box::pin(async move {
             checked.map_err(|m| databuild::config::ConfigError {
@@ -159,6 +159,7 @@ impl Configure for Answers {
                 refs,
                 kind: databuild::config::ConfigErrorKind::Invalid(m),
                 stderr_tail: Vec::new(),
+                log: None,
             })
         })
     }

@@ -108,7 +108,7 @@ impl Local {
             executor: ExecutorHandle { kind: "local".into(), id: pid.to_string() },
             process: Some(process),
         };
-        let entrypoint = spec.job.entrypoint.display().to_string();
+        let entrypoint = spec.job.entrypoint.clone();
         let exit = Box::pin(async move {
             let status = loop {
                 let mut ready = match exited.readable().await {
@@ -133,7 +133,8 @@ impl Local {
                     let errno = i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]);
                     let step = sys::spawn_step(msg[0]);
                     Some(if msg[0] == 5 {
-                        format!("{step} {entrypoint}: {}", sys::errno_text(errno))
+                        let why = sys::spawn_error_text(&entrypoint, errno);
+                        format!("{step} {}: {why}", entrypoint.display())
                     } else {
                         format!("{step}: {}", sys::errno_text(errno))
                     })
@@ -143,6 +144,13 @@ impl Local {
             match status {
                 Ok(st) => {
                     let (code, signal) = sys::decode_status(st);
+                    // 126/127 from the interpreter (`/usr/bin/env` not finding `python3\r`): a
+                    // broken first line, said as such.
+                    let spawn_error = spawn_error.or_else(|| match code {
+                        Some(c @ (126 | 127)) => sys::diagnose_entrypoint(&entrypoint)
+                            .map(|why| format!("exited with code {c}: {why}")),
+                        _ => None,
+                    });
                     ExitReport { code, signal, spawn_error, wait_error: None, leftovers }
                 }
                 Err(e) => ExitReport {

@@ -14,4 +14,5 @@ mod history;
 mod kill;
 mod log_damage;
 mod util;
+mod ux_jobs;
 mod ux_progress;
