@@ -11,6 +11,7 @@ mod cmd_recover;
 mod context;
 mod exit;
 mod progress;
+mod refs;
 mod render;
 
 use std::process::ExitCode;
