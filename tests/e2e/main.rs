@@ -14,3 +14,4 @@ mod history;
 mod kill;
 mod log_damage;
 mod util;
+mod ux_cli;
