@@ -6,6 +6,7 @@ mod cmd_audit;
 mod cmd_build;
 mod cmd_cancel;
 mod cmd_gc;
+mod cmd_graph;
 mod cmd_history;
 mod cmd_recover;
 mod context;
@@ -33,6 +34,7 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
     use args::Command as C;
     let ctx = context::Ctx::resolve(&cli.global)?;
     match cli.command {
+        C::Build(a) if a.dry_run => cmd_graph::dry_run(&ctx, a),
         C::Build(a) => cmd_build::build(&ctx, a),
         C::Analyze(a) => cmd_build::analyze(&ctx, a),
         C::Replay(a) => cmd_history::replay(&ctx, a),
@@ -48,5 +50,6 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
         C::Gc(a) => cmd_gc::gc(&ctx, a),
         C::Cancel(a) => cmd_cancel::cancel(&ctx, a),
         C::Execute(a) => cmd_build::execute(&ctx, a),
+        C::Graph(a) => cmd_graph::graph(&ctx, a),
     }
 }
