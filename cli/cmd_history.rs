@@ -218,7 +218,18 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
             ))
         }
     };
-    let rows = query::status_rows(state, &a.refs);
+    let only: Vec<PartitionStatus> =
+        a.status.iter().map(|s| parse_status(s)).collect::<Result<_, _>>()?;
+    let refs = crate::refs::match_globs(state, &crate::refs::expand_args(&a.refs)?);
+    // Globs that match nothing give no rows (not every row, as no refs would).
+    let mut rows =
+        if !a.refs.is_empty() && refs.is_empty() { Vec::new() } else { query::status_rows(state, &refs) };
+    if !a.refs.is_empty() && refs.is_empty() && !ctx.quiet {
+        eprintln!("no partition in the log matches {}", render::safe(&a.refs.join(" ")));
+    }
+    if !only.is_empty() {
+        rows.retain(|r| only.contains(&r.status));
+    }
     match ctx.format {
         Format::Json => {
             for r in rows {
@@ -239,6 +250,11 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
         }
         _ => {
             if rows.is_empty() {
+                if a.refs.is_empty() && only.is_empty() && !ctx.quiet {
+                    eprintln!(
+                        "no partitions in the log yet; `databuild graph` shows the jobs and what they produce, `databuild build REF` builds one"
+                    );
+                }
                 return Ok(exit::SUCCESS);
             }
             let color = render::color_stdout();
@@ -258,6 +274,17 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
         }
     }
     Ok(exit::SUCCESS)
+}
+
+/// A partition status as typed for `--status`: `failed`, `FAILED` or `PARTITION_FAILED`.
+fn parse_status(s: &str) -> Result<PartitionStatus, CliError> {
+    let up = s.trim().to_ascii_uppercase();
+    let full = if up.starts_with("PARTITION_") { up } else { format!("PARTITION_{up}") };
+    PartitionStatus::from_str_name(&full).ok_or_else(|| {
+        CliError::bad_input(format!(
+            "--status {s:?} is not a partition status; use one of: AVAILABLE, BUILDING, FAILED, REQUESTED, ANALYZED, DELEGATED, UNKNOWN"
+        ))
+    })
 }
 
 fn request_duration(r: &databuild::state::Request) -> String {
@@ -609,11 +636,15 @@ fn lineage_mermaid(n: &LineageNode, downstream: bool) {
         let me = *ids.entry(n.partition.clone()).or_insert(len);
         if fresh {
             let label = if n.job_run_id.is_empty() {
-                n.partition.clone()
+                render::mermaid_label(&n.partition)
             } else {
-                format!("{}<br/>{}", n.partition, n.job_label)
+                format!(
+                    "{}<br/>{}",
+                    render::mermaid_label(&n.partition),
+                    render::mermaid_label(&n.job_label)
+                )
             };
-            out(&format!("  p{me}[\"{}\"]", render::mermaid_label(&label)));
+            out(&format!("  p{me}[\"{label}\"]"));
         }
         for c in &n.children {
             let k = walk(c, downstream, ids, edges);
@@ -674,7 +705,9 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
         short(run.status.as_str_name())
     ));
     if run.status == JobStatus::JobSkipped {
-        out(&format!("skipped: {}", render::safe(&run.message)));
+        // The run's message already says "skipped: ..." (say it once).
+        let why = run.message.strip_prefix("skipped: ").unwrap_or(&run.message);
+        out(&format!("skipped: {}", render::safe(why)));
         return Ok(exit::SUCCESS);
     }
     let mut any = false;
