@@ -264,14 +264,16 @@ pub fn jobs(ctx: &Ctx, a: JobsArgs) -> Result<u8, CliError> {
                 "DURATION",
                 "MESSAGE",
             ]);
+            let (ids, reqs) =
+                (crate::refs::Shortener::runs(state), crate::refs::Shortener::requests(state));
             for r in runs {
                 let started = r.running.map_or("-".to_string(), |(_, t)| render::time_ns(t));
                 let d = query::run_duration_ms(r).map_or("-".to_string(), |m| {
                     render::duration(std::time::Duration::from_millis(m))
                 });
                 t.row(vec![
-                    (r.id.to_string(), r.id.len()),
-                    (r.request.to_string(), r.request.len()),
+                    ids.cell(&r.id),
+                    reqs.cell(&r.request),
                     render::status_cell(color, r.status.as_str_name()),
                     (started.clone(), started.len()),
                     (d.clone(), d.len()),

@@ -15,6 +15,7 @@ use serde_json::{Value, json as j};
 use crate::args::{BuildsArgs, Format, LineageArgs, LogsArgs, ReplayArgs, StatusArgs};
 use crate::context::Ctx;
 use crate::exit::{self, CliError};
+use crate::refs::Shortener;
 use crate::render::{self, Table, json, out, short};
 
 /// How often `replay --follow` looks for new events.
@@ -149,6 +150,22 @@ fn print_event(ctx: &Ctx, seq: u64, ev: &BuildEvent) {
 pub fn replay(ctx: &Ctx, a: ReplayArgs) -> Result<u8, CliError> {
     ctx.formats("replay", &[Format::Text, Format::Json])?;
     let until = a.until.as_deref().map(|u| render::parse_until("--until", u)).transpose()?;
+    let mut a = a;
+    // A prefix (or `last`) is resolved against the ids the log knows; a whole id streams as is.
+    let prefix = |id: &Option<String>| id.as_deref().is_some_and(|i| !crate::refs::is_whole_id(i));
+    if prefix(&a.build) || prefix(&a.job_run) {
+        let (state, _) = load(ctx)?;
+        if let Some(b) = &a.build
+            && !crate::refs::is_whole_id(b)
+        {
+            a.build = Some(crate::refs::request_id(state, b)?);
+        }
+        if let Some(r) = &a.job_run
+            && !crate::refs::is_whole_id(r)
+        {
+            a.job_run = Some(crate::refs::run_id(state, r)?);
+        }
+    }
     let mut f = Filter {
         since: a.since.unwrap_or(1),
         until,
@@ -258,16 +275,16 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
                 return Ok(exit::SUCCESS);
             }
             let color = render::color_stdout();
+            let (runs, reqs) = (Shortener::runs(state), Shortener::requests(state));
             let mut t = Table::new(&["PARTITION", "STATUS", "SEQ", "JOB RUN", "BUILD REQUEST"]);
             for r in rows {
                 let seq = if r.seq > 0 { r.seq.to_string() } else { "-".into() };
-                let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
                 t.row(vec![
                     render::cell(&r.partition),
                     render::status_cell(color, r.status.as_str_name()),
                     (seq.clone(), seq.len()),
-                    (dash(r.job_run_id.clone()), dash(r.job_run_id).len()),
-                    (dash(r.build_request_id.clone()), dash(r.build_request_id).len()),
+                    runs.cell(&r.job_run_id),
+                    reqs.cell(&r.build_request_id),
                 ]);
             }
             t.print();
@@ -300,6 +317,7 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
     let (state, _) = load(ctx)?;
     if let Some(id) = &a.id {
         ctx.formats("builds ID", &[Format::Text, Format::Json, Format::Mermaid])?;
+        let id = crate::refs::request_id(state, id)?;
         let Some(r) = state.requests.get(id.as_str()) else {
             return Err(CliError::bad_input(format!(
                 "no build request {id} in the log; see `databuild builds` for the ids"
@@ -330,6 +348,7 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
                 return Ok(exit::SUCCESS);
             }
             let color = render::color_stdout();
+            let ids = Shortener::requests(state);
             let mut t =
                 Table::new(&["BUILD REQUEST", "STATUS", "RECEIVED", "DURATION", "REQUESTED"]);
             for r in reqs {
@@ -340,7 +359,7 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
                 let received = render::time_ns(r.received_ts);
                 let d = request_duration(r);
                 t.row(vec![
-                    (r.id.to_string(), r.id.len()),
+                    ids.cell(&r.id),
                     render::status_cell(color, r.status.as_str_name()),
                     (received.clone(), received.len()),
                     (d.clone(), d.len()),
@@ -419,6 +438,7 @@ fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Resu
                 ));
             }
             out("");
+            let ids = Shortener::runs(state);
             let mut t = Table::new(&[
                 "JOB RUN", "JOB", "STATUS", "ATTEMPT", "DURATION", "OUTPUTS", "MESSAGE",
             ]);
@@ -435,7 +455,7 @@ fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Resu
                 };
                 let att = if run.attempt == 0 { "-".to_string() } else { run.attempt.to_string() };
                 t.row(vec![
-                    (run.id.to_string(), run.id.len()),
+                    ids.cell(&run.id),
                     render::cell(&run.job_label),
                     render::status_cell(color, run.status.as_str_name()),
                     (att.clone(), att.len()),
@@ -690,7 +710,8 @@ pub fn lineage(ctx: &Ctx, a: LineageArgs) -> Result<u8, CliError> {
 pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
     ctx.formats("logs", &[Format::Text])?;
     let (state, _) = load(ctx)?;
-    let Some(run) = state.runs.get(a.run.as_str()) else {
+    let id = crate::refs::run_id(state, a.run.trim())?;
+    let Some(run) = state.runs.get(id.as_str()) else {
         return Err(CliError::bad_input(format!(
             "no job run {} in the log; see `databuild builds ID` or `databuild replay` for run ids",
             a.run
