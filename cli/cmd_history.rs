@@ -239,8 +239,11 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
         a.status.iter().map(|s| parse_status(s)).collect::<Result<_, _>>()?;
     let refs = crate::refs::match_globs(state, &crate::refs::expand_args(&a.refs)?);
     // Globs that match nothing give no rows (not every row, as no refs would).
-    let mut rows =
-        if !a.refs.is_empty() && refs.is_empty() { Vec::new() } else { query::status_rows(state, &refs) };
+    let mut rows = if !a.refs.is_empty() && refs.is_empty() {
+        Vec::new()
+    } else {
+        query::status_rows(state, &refs)
+    };
     if !a.refs.is_empty() && refs.is_empty() && !ctx.quiet {
         eprintln!("no partition in the log matches {}", render::safe(&a.refs.join(" ")));
     }

@@ -65,8 +65,9 @@ fn range(a: &str, b: &str, whole: &str) -> Result<Vec<String>, String> {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
     if digits(a) && digits(b) {
         let num = |s: &str| {
-            s.parse::<u64>()
-                .map_err(|e| format!("bad number {s:?} in the range {{{a}..{b}}} of '{whole}': {e}"))
+            s.parse::<u64>().map_err(|e| {
+                format!("bad number {s:?} in the range {{{a}..{b}}} of '{whole}': {e}")
+            })
         };
         let (from, to) = (num(a)?, num(b)?);
         if from > to {
@@ -141,9 +142,7 @@ pub fn expand(refs: &[String]) -> Result<Vec<String>, String> {
             }
         }
         if out.len() > MAX_REFS {
-            return Err(format!(
-                "the refs expand to more than {MAX_REFS}; split the request"
-            ));
+            return Err(format!("the refs expand to more than {MAX_REFS}; split the request"));
         }
     }
     Ok(out)
@@ -221,7 +220,9 @@ pub fn request_id(state: &State, typed: &str) -> Result<String, CliError> {
             .values()
             .max_by_key(|r| r.received_seq)
             .map(|r| r.id.to_string())
-            .ok_or_else(|| CliError::bad_input(format!("no build request in the log yet; {hint}")));
+            .ok_or_else(|| {
+                CliError::bad_input(format!("no build request in the log yet; {hint}"))
+            });
     }
     resolve(state.requests.keys().map(|k| &**k), typed, "build request", hint)
 }
@@ -269,7 +270,8 @@ impl Shortener {
 
     /// The shortest prefix of `id` (at least [`SHORT_ID`] characters) that no other id shares.
     pub fn short(&self, id: &str) -> String {
-        let common = |a: &str, b: &str| a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+        let common =
+            |a: &str, b: &str| a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
         let at = self.sorted.partition_point(|s| s.as_str() < id);
         let mut need = 0;
         for other in [at.checked_sub(1), Some(at), Some(at + 1)].into_iter().flatten() {
@@ -305,7 +307,12 @@ mod tests {
         let v = ex(&["votes/{2025-01-30..2025-02-02}/red"]).unwrap();
         assert_eq!(
             v,
-            ["votes/2025-01-30/red", "votes/2025-01-31/red", "votes/2025-02-01/red", "votes/2025-02-02/red"]
+            [
+                "votes/2025-01-30/red",
+                "votes/2025-01-31/red",
+                "votes/2025-02-01/red",
+                "votes/2025-02-02/red"
+            ]
         );
         assert_eq!(ex(&["d/{2024-02-28..2024-03-01}"]).unwrap().len(), 3, "leap day");
     }
@@ -361,7 +368,11 @@ mod tests {
         let ok = resolve(ids.iter().copied(), "0198f", "build request", "h").unwrap();
         assert_eq!(ok, ids[2]);
         let amb = resolve(ids.iter().copied(), "0198a1b2", "build request", "h").unwrap_err();
-        assert!(amb.line.contains("ambiguous") && amb.line.contains(ids[0]) && amb.line.contains(ids[1]));
+        assert!(
+            amb.line.contains("ambiguous")
+                && amb.line.contains(ids[0])
+                && amb.line.contains(ids[1])
+        );
         assert!(resolve(ids.iter().copied(), "zz", "job run", "h").is_err());
     }
 }

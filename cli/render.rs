@@ -327,7 +327,10 @@ pub fn json<T: serde::Serialize>(v: &T) -> String {
 pub fn mermaid_label(s: &str) -> String {
     safe(s)
         .replace('#', "#35;")
-        .replace('&', "#amp;").replace('"', "#quot;").replace('<', "#lt;").replace('>', "#gt;")
+        .replace('&', "#amp;")
+        .replace('"', "#quot;")
+        .replace('<', "#lt;")
+        .replace('>', "#gt;")
 }
 
 #[cfg(test)]

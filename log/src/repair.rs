@@ -152,7 +152,8 @@ pub fn repair(dir: &Path, opts: &WriterOptions) -> Result<RepairReport, OpenErro
     // the segment now, its later segments renamed) are dropped all the same: CHECKPOINT still
     // names the durable end they reached, and the backups it left hold their frames.
     if let Some(slot) = cp.slot.as_ref().filter(|s| s.log_id == log_id) {
-        report.events_dropped = report.events_dropped.max(slot.durable_next_seq.saturating_sub(seq));
+        report.events_dropped =
+            report.events_dropped.max(slot.durable_next_seq.saturating_sub(seq));
     }
     let earlier = format!(".repair-{seq}");
     for name in fs.list(dir).map_err(io_err("list", dir))? {
