@@ -12,6 +12,10 @@ const AFTER_HELP: &str = "Examples:
   databuild status                                      what is AVAILABLE, FAILED, ...
   databuild lineage 'color_vote_report/2025-01-07/red'  what it was built from
   databuild replay --build ID                           what a build request did, event by event
+  databuild graph                                       the jobs and the refs they produce
+
+Refs take ranges: 'votes/{2025-01-01..2025-01-31}', 'part/{001..100}', 'x/{a,b}'. Ids take any
+unique prefix, and `last` names the newest build request.
 
 The graph file (databuild.toml) is found in the current directory or a parent. The event log is
 kept in .databuild/log next to it (or --log DIR, or $DATABUILD_LOG); job output in .databuild/logs.
@@ -93,6 +97,8 @@ pub enum Command {
     Execute(ExecuteArgs),
     /// Print a shell completion script (e.g. `databuild completions bash > ~/.local/share/bash-completion/completions/databuild`)
     Completions(CompletionsArgs),
+    /// The graph's jobs and their patterns; with REF..., the plan a build would run (as analyze)
+    Graph(GraphArgs),
 }
 
 /// `completions`.
@@ -101,6 +107,20 @@ pub struct CompletionsArgs {
     /// The shell
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+/// `graph`.
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Partition refs to plan (ranges like {1..9} expand); without any, list the jobs
+    #[arg(value_name = "REF")]
+    pub refs: Vec<String>,
+    /// Plan as `build --force` would
+    #[arg(long)]
+    pub force: bool,
+    /// Run at most N config calls at once [default: number of CPUs]
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
 }
 
 /// `cancel`.
@@ -140,6 +160,9 @@ pub struct BuildArgs {
     /// If another databuild is writing the log, wait for it instead of exiting with code 3
     #[arg(long)]
     pub wait: bool,
+    /// Plan only and print the plan, as `analyze` does: nothing runs, nothing is written
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 /// `analyze`.
@@ -185,12 +208,15 @@ pub struct ReplayArgs {
 /// `status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Partition refs (default: every partition the log has seen)
+    /// Partition refs or globs (default: every partition the log has seen)
     #[arg(value_name = "REF")]
     pub refs: Vec<String>,
     /// The state as it was after event SEQ, or at TIME (RFC 3339)
     #[arg(long, value_name = "SEQ|TIME")]
     pub at: Option<String>,
+    /// Only partitions in these statuses (AVAILABLE, FAILED, BUILDING, ...; repeat or comma-separate)
+    #[arg(long = "status", value_name = "STATUS", value_delimiter = ',')]
+    pub status: Vec<String>,
 }
 
 /// `builds`.
@@ -218,7 +244,7 @@ pub struct LineageArgs {
 /// `explain`.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The partition ref
+    /// The partition ref, or a glob over the partitions the log has seen
     #[arg(value_name = "REF")]
     pub partition: String,
 }

@@ -278,7 +278,7 @@ pub fn repair(ctx: &Ctx, a: RepairArgs) -> Result<u8, CliError> {
         }))),
         _ => {
             out(&format!(
-                "cut the log at seq {} (segment {}, byte {}: {}): {} events dropped, {} bytes moved aside",
+                "cut the log at seq {} (segment {}, byte {}: {}): at least {} events dropped, {} bytes moved aside",
                 cut.seq,
                 cut.segment,
                 cut.offset,

@@ -71,9 +71,29 @@ fn cap_line(line: &[u8], partial: bool) -> String {
 
 pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
     ctx.formats("explain", &[Format::Text, Format::Json])?;
-    databuild::graph::check_ref(&a.partition).map_err(|e| exit::lookup_error(&e))?;
+    let typed = crate::refs::expand_args(std::slice::from_ref(&a.partition))?;
+    for r in typed.iter().filter(|r| !crate::refs::is_glob(r)) {
+        databuild::graph::check_ref(r).map_err(|e| exit::lookup_error(&e))?;
+    }
     let (state, _) = crate::cmd_history::load(ctx)?;
-    let e = query::explain(state, &a.partition);
+    let refs = crate::refs::match_globs(state, &typed);
+    if refs.is_empty() {
+        return Err(CliError::bad_input(format!(
+            "'{}' matches no partition in the log; `databuild status` lists them",
+            render::safe(&a.partition)
+        )));
+    }
+    for (i, r) in refs.iter().enumerate() {
+        if i > 0 && ctx.format == Format::Text {
+            out("");
+        }
+        explain_one(ctx, state, r);
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn explain_one(ctx: &Ctx, state: &databuild::state::State, partition: &str) {
+    let e = query::explain(state, partition);
     let tail: Vec<String> = if e.reason == Reason::Failed && !e.job_run_id.is_empty() {
         let dir = ctx.logs_dir.join(&e.job_run_id);
         let mut lines = Vec::new();
@@ -121,6 +141,12 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
                 e.reason.as_str()
             ));
             out(&format!("  {}", render::safe(&e.message)));
+            if e.reason == Reason::Building && !e.job_run_id.is_empty() {
+                out(&format!(
+                    "  by job run {} (`databuild logs {}` for its output so far)",
+                    e.job_run_id, e.job_run_id
+                ));
+            }
             if let Some(c) = e.exit_code {
                 out(&format!("  exit code {c}"));
             }
@@ -135,7 +161,6 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
             }
         }
     }
-    Ok(exit::SUCCESS)
 }
 
 pub fn jobs(ctx: &Ctx, a: JobsArgs) -> Result<u8, CliError> {
@@ -143,7 +168,24 @@ pub fn jobs(ctx: &Ctx, a: JobsArgs) -> Result<u8, CliError> {
     let (state, _) = crate::cmd_history::load(ctx)?;
     let color = render::color_stdout();
     let Some(label) = a.label else {
-        let stats = query::job_stats(state);
+        let mut stats = query::job_stats(state);
+        // The graph file's jobs that never ran are listed too (a fresh graph is not empty).
+        if let Ok(g) = ctx.graph() {
+            for j in &g.jobs {
+                if !stats.iter().any(|s| s.label == j.label) {
+                    stats.push(query::JobStats {
+                        label: j.label.clone(),
+                        runs: 0,
+                        completed: 0,
+                        failed: 0,
+                        success_ratio: None,
+                        p50_ms: None,
+                        p95_ms: None,
+                    });
+                }
+            }
+            stats.sort_by(|a, b| a.label.cmp(&b.label));
+        }
         match ctx.format {
             Format::Json => {
                 for s in stats {
@@ -222,14 +264,16 @@ pub fn jobs(ctx: &Ctx, a: JobsArgs) -> Result<u8, CliError> {
                 "DURATION",
                 "MESSAGE",
             ]);
+            let (ids, reqs) =
+                (crate::refs::Shortener::runs(state), crate::refs::Shortener::requests(state));
             for r in runs {
                 let started = r.running.map_or("-".to_string(), |(_, t)| render::time_ns(t));
                 let d = query::run_duration_ms(r).map_or("-".to_string(), |m| {
                     render::duration(std::time::Duration::from_millis(m))
                 });
                 t.row(vec![
-                    (r.id.to_string(), r.id.len()),
-                    (r.request.to_string(), r.request.len()),
+                    ids.cell(&r.id),
+                    reqs.cell(&r.request),
                     render::status_cell(color, r.status.as_str_name()),
                     (started.clone(), started.len()),
                     (d.clone(), d.len()),

@@ -207,7 +207,8 @@ pub fn judge(outcome: &Outcome) -> Result<u8, CliError> {
     }
 }
 
-pub fn build(ctx: &Ctx, a: BuildArgs) -> Result<u8, CliError> {
+pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
+    a.refs = crate::refs::expand_args(&a.refs)?;
     ctx.formats("build", &[Format::Text, Format::Json])?;
     let graph = Arc::new(ctx.graph()?);
     // Bad refs are reported before the log is even opened.
@@ -373,7 +374,8 @@ pub fn close(store: Arc<Store>) {
     }
 }
 
-pub fn analyze(ctx: &Ctx, a: AnalyzeArgs) -> Result<u8, CliError> {
+pub fn analyze(ctx: &Ctx, mut a: AnalyzeArgs) -> Result<u8, CliError> {
+    a.refs = crate::refs::expand_args(&a.refs)?;
     let graph = ctx.graph()?;
     for r in &a.refs {
         graph.owner(r).map_err(|e| exit::lookup_error(&e))?;

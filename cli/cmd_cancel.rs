@@ -25,8 +25,9 @@ fn already_ended(id: &str, status: databuild::proto::BuildRequestStatus) -> u8 {
 
 pub fn cancel(ctx: &Ctx, a: CancelArgs) -> Result<u8, CliError> {
     ctx.formats("cancel", &[crate::args::Format::Text])?;
-    let id = a.id.trim();
     let (state, _) = crate::cmd_history::load(ctx)?;
+    let id = crate::refs::request_id(state, a.id.trim())?;
+    let id = id.as_str();
     let Some(r) = state.requests.get(id) else {
         return Err(CliError::bad_input(format!(
             "no build request {id} in the log; see `databuild builds` for the ids"

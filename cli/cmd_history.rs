@@ -15,6 +15,7 @@ use serde_json::{Value, json as j};
 use crate::args::{BuildsArgs, Format, LineageArgs, LogsArgs, ReplayArgs, StatusArgs};
 use crate::context::Ctx;
 use crate::exit::{self, CliError};
+use crate::refs::Shortener;
 use crate::render::{self, Table, json, out, short};
 
 /// How often `replay --follow` looks for new events.
@@ -149,6 +150,22 @@ fn print_event(ctx: &Ctx, seq: u64, ev: &BuildEvent) {
 pub fn replay(ctx: &Ctx, a: ReplayArgs) -> Result<u8, CliError> {
     ctx.formats("replay", &[Format::Text, Format::Json])?;
     let until = a.until.as_deref().map(|u| render::parse_until("--until", u)).transpose()?;
+    let mut a = a;
+    // A prefix (or `last`) is resolved against the ids the log knows; a whole id streams as is.
+    let prefix = |id: &Option<String>| id.as_deref().is_some_and(|i| !crate::refs::is_whole_id(i));
+    if prefix(&a.build) || prefix(&a.job_run) {
+        let (state, _) = load(ctx)?;
+        if let Some(b) = &a.build
+            && !crate::refs::is_whole_id(b)
+        {
+            a.build = Some(crate::refs::request_id(state, b)?);
+        }
+        if let Some(r) = &a.job_run
+            && !crate::refs::is_whole_id(r)
+        {
+            a.job_run = Some(crate::refs::run_id(state, r)?);
+        }
+    }
     let mut f = Filter {
         since: a.since.unwrap_or(1),
         until,
@@ -218,7 +235,21 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
             ))
         }
     };
-    let rows = query::status_rows(state, &a.refs);
+    let only: Vec<PartitionStatus> =
+        a.status.iter().map(|s| parse_status(s)).collect::<Result<_, _>>()?;
+    let refs = crate::refs::match_globs(state, &crate::refs::expand_args(&a.refs)?);
+    // Globs that match nothing give no rows (not every row, as no refs would).
+    let mut rows = if !a.refs.is_empty() && refs.is_empty() {
+        Vec::new()
+    } else {
+        query::status_rows(state, &refs)
+    };
+    if !a.refs.is_empty() && refs.is_empty() && !ctx.quiet {
+        eprintln!("no partition in the log matches {}", render::safe(&a.refs.join(" ")));
+    }
+    if !only.is_empty() {
+        rows.retain(|r| only.contains(&r.status));
+    }
     match ctx.format {
         Format::Json => {
             for r in rows {
@@ -239,22 +270,27 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
         }
         _ => {
             if rows.is_empty() {
+                if a.refs.is_empty() && only.is_empty() && !ctx.quiet {
+                    eprintln!(
+                        "no partitions in the log yet; `databuild graph` shows the jobs and what they produce, `databuild build REF` builds one"
+                    );
+                }
                 return Ok(exit::SUCCESS);
             }
             let color = render::color_stdout();
             let live = crate::live::Liveness::new(ctx, a.at.is_none());
+            let (runs, reqs) = (Shortener::runs(state), Shortener::requests(state));
             let mut t =
                 Table::new(&["PARTITION", "STATUS", "SEQ", "JOB RUN", "BUILD REQUEST", "MESSAGE"]);
             for r in rows {
                 let seq = if r.seq > 0 { r.seq.to_string() } else { "-".into() };
-                let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
                 let [status, message] = live.partition_cells(state, color, &r);
                 t.row(vec![
                     render::cell(&r.partition),
                     status,
                     (seq.clone(), seq.len()),
-                    (dash(&r.job_run_id), dash(&r.job_run_id).len()),
-                    (dash(&r.build_request_id), dash(&r.build_request_id).len()),
+                    runs.cell(&r.job_run_id),
+                    reqs.cell(&r.build_request_id),
                     message,
                 ]);
             }
@@ -262,6 +298,17 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
         }
     }
     Ok(exit::SUCCESS)
+}
+
+/// A partition status as typed for `--status`: `failed`, `FAILED` or `PARTITION_FAILED`.
+fn parse_status(s: &str) -> Result<PartitionStatus, CliError> {
+    let up = s.trim().to_ascii_uppercase();
+    let full = if up.starts_with("PARTITION_") { up } else { format!("PARTITION_{up}") };
+    PartitionStatus::from_str_name(&full).ok_or_else(|| {
+        CliError::bad_input(format!(
+            "--status {s:?} is not a partition status; use one of: AVAILABLE, BUILDING, FAILED, REQUESTED, ANALYZED, DELEGATED, UNKNOWN"
+        ))
+    })
 }
 
 fn request_duration(r: &databuild::state::Request) -> String {
@@ -277,6 +324,7 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
     let (state, _) = load(ctx)?;
     if let Some(id) = &a.id {
         ctx.formats("builds ID", &[Format::Text, Format::Json, Format::Mermaid])?;
+        let id = crate::refs::request_id(state, id)?;
         let Some(r) = state.requests.get(id.as_str()) else {
             return Err(CliError::bad_input(format!(
                 "no build request {id} in the log; see `databuild builds` for the ids"
@@ -308,6 +356,7 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
             }
             let color = render::color_stdout();
             let live = crate::live::Liveness::new(ctx, true);
+            let ids = Shortener::requests(state);
             let mut t =
                 Table::new(&["BUILD REQUEST", "STATUS", "RECEIVED", "DURATION", "REQUESTED"]);
             for r in reqs {
@@ -318,7 +367,7 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
                 let received = render::time_ns(r.received_ts);
                 let d = request_duration(r);
                 t.row(vec![
-                    (r.id.to_string(), r.id.len()),
+                    ids.cell(&r.id),
                     live.request_cell(color, r),
                     (received.clone(), received.len()),
                     (d.clone(), d.len()),
@@ -400,6 +449,7 @@ fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Resu
                 ));
             }
             out("");
+            let ids = Shortener::runs(state);
             let mut t = Table::new(&[
                 "JOB RUN", "JOB", "STATUS", "ATTEMPT", "DURATION", "OUTPUTS", "MESSAGE",
             ]);
@@ -416,7 +466,7 @@ fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Resu
                 };
                 let att = if run.attempt == 0 { "-".to_string() } else { run.attempt.to_string() };
                 t.row(vec![
-                    (run.id.to_string(), run.id.len()),
+                    ids.cell(&run.id),
                     render::cell(&run.job_label),
                     render::status_cell(color, run.status.as_str_name()),
                     (att.clone(), att.len()),
@@ -617,11 +667,15 @@ fn lineage_mermaid(n: &LineageNode, downstream: bool) {
         let me = *ids.entry(n.partition.clone()).or_insert(len);
         if fresh {
             let label = if n.job_run_id.is_empty() {
-                n.partition.clone()
+                render::mermaid_label(&n.partition)
             } else {
-                format!("{}<br/>{}", n.partition, n.job_label)
+                format!(
+                    "{}<br/>{}",
+                    render::mermaid_label(&n.partition),
+                    render::mermaid_label(&n.job_label)
+                )
             };
-            out(&format!("  p{me}[\"{}\"]", render::mermaid_label(&label)));
+            out(&format!("  p{me}[\"{label}\"]"));
         }
         for c in &n.children {
             let k = walk(c, downstream, ids, edges);
@@ -667,7 +721,8 @@ pub fn lineage(ctx: &Ctx, a: LineageArgs) -> Result<u8, CliError> {
 pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
     ctx.formats("logs", &[Format::Text])?;
     let (state, _) = load(ctx)?;
-    let Some(run) = state.runs.get(a.run.as_str()) else {
+    let id = crate::refs::run_id(state, a.run.trim())?;
+    let Some(run) = state.runs.get(id.as_str()) else {
         return Err(CliError::bad_input(format!(
             "no job run {} in the log; see `databuild builds ID` or `databuild replay` for run ids",
             a.run
@@ -682,7 +737,9 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
         short(run.status.as_str_name())
     ));
     if run.status == JobStatus::JobSkipped {
-        out(&format!("skipped: {}", render::safe(&run.message)));
+        // The run's message already says "skipped: ..." (say it once).
+        let why = run.message.strip_prefix("skipped: ").unwrap_or(&run.message);
+        out(&format!("skipped: {}", render::safe(why)));
         return Ok(exit::SUCCESS);
     }
     let mut any = false;

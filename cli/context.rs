@@ -110,19 +110,21 @@ impl Ctx {
         if allowed.contains(&self.format) {
             return Ok(());
         }
-        let names: Vec<&str> = allowed
-            .iter()
-            .map(|f| match f {
-                Format::Text => "text",
-                Format::Json => "json",
-                Format::Mermaid => "mermaid",
-            })
-            .collect();
+        let names: Vec<&str> = allowed.iter().map(|f| format_name(*f)).collect();
         Err(CliError::bad_input(format!(
-            "`{command}` has no --format {:?}; use one of: {}",
-            self.format,
+            "`{command}` has no --format {}; use one of: {}",
+            format_name(self.format),
             names.join(", ")
         )))
+    }
+}
+
+/// A format as it is typed.
+fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Text => "text",
+        Format::Json => "json",
+        Format::Mermaid => "mermaid",
     }
 }
 

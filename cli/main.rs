@@ -7,12 +7,14 @@ mod cmd_build;
 mod cmd_cancel;
 mod cmd_completions;
 mod cmd_gc;
+mod cmd_graph;
 mod cmd_history;
 mod cmd_recover;
 mod context;
 mod exit;
 mod live;
 mod progress;
+mod refs;
 mod render;
 
 use std::process::ExitCode;
@@ -38,6 +40,7 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
     }
     let ctx = context::Ctx::resolve(&cli.global)?;
     match cli.command {
+        C::Build(a) if a.dry_run => cmd_graph::dry_run(&ctx, a),
         C::Build(a) => cmd_build::build(&ctx, a),
         C::Analyze(a) => cmd_build::analyze(&ctx, a),
         C::Replay(a) => cmd_history::replay(&ctx, a),
@@ -54,5 +57,6 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
         C::Cancel(a) => cmd_cancel::cancel(&ctx, a),
         C::Execute(a) => cmd_build::execute(&ctx, a),
         C::Completions(_) => unreachable!("handled above"),
+        C::Graph(a) => cmd_graph::graph(&ctx, a),
     }
 }

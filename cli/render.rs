@@ -322,9 +322,15 @@ pub fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"cannot serialize: {e}\"}}"))
 }
 
-/// Escapes text for a Mermaid node label.
+/// Escapes text for a Mermaid node label: quotes, and `&`, `<`, `>` (Mermaid renders labels as
+/// HTML, so `a<b` would start a tag and `&lt;` would show as `<`).
 pub fn mermaid_label(s: &str) -> String {
-    safe(s).replace('"', "#quot;")
+    safe(s)
+        .replace('#', "#35;")
+        .replace('&', "#amp;")
+        .replace('"', "#quot;")
+        .replace('<', "#lt;")
+        .replace('>', "#gt;")
 }
 
 #[cfg(test)]

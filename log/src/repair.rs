@@ -148,6 +148,24 @@ pub fn repair(dir: &Path, opts: &WriterOptions) -> Result<RepairReport, OpenErro
     };
     let seq = why.seq;
     report.next_seq = seq;
+    // The events an earlier, interrupted repair already moved aside (its cut bytes are zeros in
+    // the segment now, its later segments renamed) are dropped all the same: CHECKPOINT still
+    // names the durable end they reached, and the backups it left hold their frames.
+    if let Some(slot) = cp.slot.as_ref().filter(|s| s.log_id == log_id) {
+        report.events_dropped =
+            report.events_dropped.max(slot.durable_next_seq.saturating_sub(seq));
+    }
+    let earlier = format!(".repair-{seq}");
+    for name in fs.list(dir).map_err(io_err("list", dir))? {
+        if name.contains(".seg") && name.contains(&earlier) && name.ends_with(".bak") {
+            let p = dir.join(&name);
+            let len = fs.open_read(&p).and_then(|f| f.len()).map_err(io_err("stat", &p))?;
+            if let Ok(bytes) = fs.load(&p, len, opts.read_mode) {
+                let hi = highest_end_seq(&bytes, &log_id, 0);
+                report.events_dropped = report.events_dropped.max(hi.saturating_sub(seq));
+            }
+        }
+    }
 
     // Move aside the rest of the damaged segment, then every later segment file.
     if let Some(seg) = valid.get(idx)
@@ -157,7 +175,7 @@ pub fn repair(dir: &Path, opts: &WriterOptions) -> Result<RepairReport, OpenErro
         let len = file.len().map_err(io_err("stat", &seg.path))?;
         let cut_len = len.saturating_sub(offset);
         if cut_len > 0 {
-            let backup = seg.path.with_extension(format!("seg.repair-{seq}.bak"));
+            let backup = backup_path(&*fs, &seg.path, seq)?;
             copy_range(&*fs, &*file, offset, cut_len, &backup)?;
             crate::writer::zero_range(&*file, offset, cut_len)
                 .map_err(io_err("zero", &seg.path))?;
@@ -183,7 +201,7 @@ pub fn repair(dir: &Path, opts: &WriterOptions) -> Result<RepairReport, OpenErro
             let hi = highest_end_seq(&bytes, &log_id, SEGMENT_HEADER_BYTES);
             report.events_dropped = report.events_dropped.max(hi.saturating_sub(seq));
         }
-        let backup = path.with_extension(format!("seg.repair-{seq}.bak"));
+        let backup = backup_path(&*fs, &path, seq)?;
         fs.rename(&path, &backup).map_err(io_err("rename", &path))?;
         report.bytes_moved += len;
         report.backups.push(backup);
@@ -219,7 +237,7 @@ pub fn repair(dir: &Path, opts: &WriterOptions) -> Result<RepairReport, OpenErro
             for name in [CHECKPOINT_FILE, TAIL_FILE] {
                 let p = dir.join(name);
                 if fs.exists(&p).map_err(io_err("stat", &p))? {
-                    let backup = dir.join(format!("{name}.repair-{seq}.bak"));
+                    let backup = backup_path(&*fs, &p, seq)?;
                     fs.rename(&p, &backup).map_err(io_err("rename", &p))?;
                     report.backups.push(backup);
                 }
@@ -229,6 +247,21 @@ pub fn repair(dir: &Path, opts: &WriterOptions) -> Result<RepairReport, OpenErro
     }
     report.cut = Some((why, torn));
     Ok(report)
+}
+
+/// `<file>.repair-<seq>.bak`, or `.repair-<seq>-<n>.bak` when an earlier (interrupted) repair
+/// left that name: its backup holds the events it cut, and is never overwritten.
+fn backup_path(fs: &dyn Fs, path: &Path, seq: u64) -> Result<PathBuf, OpenError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut n = 1u32;
+    loop {
+        let suffix = if n == 1 { String::new() } else { format!("-{n}") };
+        let backup = path.with_file_name(format!("{name}.repair-{seq}{suffix}.bak"));
+        if !fs.exists(&backup).map_err(io_err("stat", &backup))? {
+            return Ok(backup);
+        }
+        n += 1;
+    }
 }
 
 fn copy_range(

@@ -14,5 +14,6 @@ mod history;
 mod kill;
 mod log_damage;
 mod util;
+mod ux_cli;
 mod ux_jobs;
 mod ux_progress;
