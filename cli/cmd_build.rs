@@ -391,6 +391,11 @@ pub fn analyze(ctx: &Ctx, mut a: AnalyzeArgs) -> Result<u8, CliError> {
             eprintln!("{l}");
         }
     }
+    if !ctx.quiet {
+        for w in &plan.warnings {
+            eprintln!("warning: {}", render::safe(w));
+        }
+    }
     match ctx.format {
         Format::Json => out(&json(&plan.job_graph())),
         Format::Text => analyze_text(&graph, &plan),

@@ -136,6 +136,10 @@ fn omitting() -> Env {
 #[test]
 fn an_omitted_dep_type_that_leaves_an_upstream_unbuilt_is_warned_of() {
     let e = omitting();
+    // The dry run says it too.
+    let dry = e.run(&["analyze", "b/1"]);
+    dry.ok();
+    assert!(dry.stderr.contains("without a depType"), "{}", dry.stderr);
     let out = e.run(&["build", "b/1"]);
     out.ok();
     // The seed's semantics stay: QUERY, so a/1 is not built.
