@@ -27,11 +27,10 @@ const RUNNING_SHOWN: usize = 6;
 /// How often the live view redraws without an event.
 const TICK: Duration = Duration::from_millis(200);
 
-/// A run id as per-event lines show it: 8 characters. Run ids are UUIDv7, whose first
-/// characters are a timestamp shared by every run of a build, so the random end is shown.
+/// A run id as per-event lines show it: its tail, as text tables do (see [`crate::refs::tail`]);
+/// `databuild logs TAIL` finds the run.
 pub fn short_id(id: &str) -> &str {
-    let hex = id.len().saturating_sub(8);
-    if id.is_char_boundary(hex) { &id[hex..] } else { id }
+    crate::refs::tail(id)
 }
 
 /// Whether to colour stderr: a terminal, and `NO_COLOR` unset.

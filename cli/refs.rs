@@ -178,7 +178,8 @@ pub fn match_globs(state: &State, refs: &[String]) -> Vec<String> {
     out
 }
 
-/// The one id among `ids` that `typed` names: the whole id, or a unique prefix of it.
+/// The one id among `ids` that `typed` names: the whole id, a unique prefix of it, or (as text
+/// tables and progress lines show ids) a unique tail of it.
 fn resolve<'a>(
     ids: impl Iterator<Item = &'a str>,
     typed: &str,
@@ -189,13 +190,19 @@ fn resolve<'a>(
         return Err(CliError::bad_input(format!("no {what} id given; {hint}")));
     }
     let mut found: Vec<&str> = Vec::new();
+    let mut tails: Vec<&str> = Vec::new();
     for id in ids {
         if id == typed {
             return Ok(id.to_string());
         }
         if id.starts_with(typed) {
             found.push(id);
+        } else if id.ends_with(typed) {
+            tails.push(id);
         }
+    }
+    if found.is_empty() {
+        found = tails;
     }
     match found.len() {
         0 => Err(CliError::bad_input(format!("no {what} {typed} in the log; {hint}"))),
@@ -205,7 +212,7 @@ fn resolve<'a>(
             let shown = found.iter().take(10).copied().collect::<Vec<_>>().join(", ");
             let more = if n > 10 { format!(" and {} more", n - 10) } else { String::new() };
             Err(CliError::bad_input(format!(
-                "{what} id prefix '{typed}' is ambiguous: it matches {n} ids ({shown}{more}); type more of it"
+                "{what} id '{typed}' is ambiguous: it matches {n} ids ({shown}{more}); type more of it"
             )))
         }
     }
@@ -242,20 +249,28 @@ pub fn is_whole_id(typed: &str) -> bool {
     typed.len() == 36 && typed.bytes().filter(|&b| b == b'-').count() == 4
 }
 
-/// Short forms of ids for text tables: each id cut to [`SHORT_ID`] characters, or longer where
-/// that is needed to tell it from the other ids of the same kind (ids made in the same minute
-/// share their first characters).
+/// Short forms of ids for text tables: the last [`SHORT_ID`] characters of each id (UUIDv7 ids
+/// begin with a timestamp, so ids made close together share long prefixes but not their random
+/// tails), or the whole id where another id of the same kind has the same tail. Progress lines
+/// show the same tails, and every command that takes an id accepts one.
 #[derive(Debug)]
 pub struct Shortener {
-    sorted: Vec<String>,
+    tails: std::collections::HashMap<String, usize>,
+}
+
+/// The last [`SHORT_ID`] characters of an id.
+pub fn tail(id: &str) -> &str {
+    let n = id.len().saturating_sub(SHORT_ID);
+    if id.is_char_boundary(n) { &id[n..] } else { id }
 }
 
 impl Shortener {
     pub fn new<'a>(ids: impl Iterator<Item = &'a str>) -> Shortener {
-        let mut sorted: Vec<String> = ids.map(String::from).collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        Shortener { sorted }
+        let mut tails = std::collections::HashMap::new();
+        for id in ids {
+            *tails.entry(tail(id).to_string()).or_insert(0) += 1;
+        }
+        Shortener { tails }
     }
 
     /// The build request ids of `state`.
@@ -268,22 +283,10 @@ impl Shortener {
         Shortener::new(state.runs.keys().map(|k| &**k))
     }
 
-    /// The shortest prefix of `id` (at least [`SHORT_ID`] characters) that no other id shares.
+    /// The id's tail if no other id has it, else the whole id.
     pub fn short(&self, id: &str) -> String {
-        let common =
-            |a: &str, b: &str| a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
-        let at = self.sorted.partition_point(|s| s.as_str() < id);
-        let mut need = 0;
-        for other in [at.checked_sub(1), Some(at), Some(at + 1)].into_iter().flatten() {
-            if let Some(o) = self.sorted.get(other)
-                && o != id
-            {
-                need = need.max(common(o, id) + 1);
-            }
-        }
-        let n = need.max(SHORT_ID).min(id.len());
-        // Ids are ASCII; anything else is shown whole.
-        if id.is_char_boundary(n) { id[..n].to_string() } else { id.to_string() }
+        let t = tail(id);
+        if self.tails.get(t).copied().unwrap_or(0) <= 1 { t.to_string() } else { id.to_string() }
     }
 
     /// A table cell: the short id, or `-` for none.
@@ -355,24 +358,28 @@ mod tests {
     }
 
     #[test]
-    fn short_ids_grow_until_unique() {
+    fn short_ids_are_unique_tails_and_prefixes_or_tails_resolve() {
         let ids = [
-            "0198a1b2-0000-7000-8000-000000000001",
-            "0198a1b2-0000-7000-8000-000000000002",
-            "0198ffff-1111-7000-8000-000000000003",
+            "0198a1b2-0000-7000-8000-0000000000a1",
+            "0198a1b2-0000-7000-8000-0000000000a2",
+            "0198ffff-1111-7000-8000-0000000000a1",
         ];
         let s = Shortener::new(ids.iter().copied());
-        assert_eq!(s.short(ids[2]), "0198ffff");
-        assert_eq!(s.short(ids[0]), "0198a1b2-0000-7000-8000-000000000001");
+        assert_eq!(s.short(ids[1]), "000000a2");
+        assert_eq!(s.short(ids[0]), ids[0], "a tail two ids share is not shown short");
         assert_eq!(s.cell(""), ("-".to_string(), 1));
         let ok = resolve(ids.iter().copied(), "0198f", "build request", "h").unwrap();
         assert_eq!(ok, ids[2]);
+        let by_tail = resolve(ids.iter().copied(), "000000a2", "job run", "h").unwrap();
+        assert_eq!(by_tail, ids[1]);
         let amb = resolve(ids.iter().copied(), "0198a1b2", "build request", "h").unwrap_err();
         assert!(
             amb.line.contains("ambiguous")
                 && amb.line.contains(ids[0])
                 && amb.line.contains(ids[1])
         );
+        let amb = resolve(ids.iter().copied(), "000000a1", "job run", "h").unwrap_err();
+        assert!(amb.line.contains("ambiguous"), "{}", amb.line);
         assert!(resolve(ids.iter().copied(), "zz", "job run", "h").is_err());
     }
 }

@@ -222,3 +222,27 @@ fn unique_id_prefixes_and_last_work_wherever_an_id_does() {
     let status = e.run(&["status"]).ok().stdout.clone();
     assert!(!status.contains(last), "{status}");
 }
+
+/// The short run id a progress line shows is one `logs` (and every id-taking command) accepts,
+/// and the `status` table shows the same short form.
+#[test]
+fn the_short_ids_shown_are_the_ones_commands_accept() {
+    let e = Env::generic(&[("raw", r"raw/\d+")]);
+    let out = e.run(&["build", "raw/1", "raw/2"]);
+    out.ok();
+    let short: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("done"))
+        .filter_map(|l| l.split("run ").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(short.len(), 2, "{}", out.stderr);
+    let status = e.run(&["status"]).ok().stdout.clone();
+    for s in short {
+        assert_eq!(s.len(), 8, "{s}");
+        assert!(status.contains(s), "status shows {s}: {status}");
+        let logs = e.run(&["logs", s]);
+        logs.ok();
+        assert!(logs.stdout.contains("built"), "{}", logs.stdout);
+    }
+}
