@@ -95,10 +95,10 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
 fn explain_one(ctx: &Ctx, state: &databuild::state::State, partition: &str) {
     let e = query::explain(state, partition);
     let tail: Vec<String> = if e.reason == Reason::Failed && !e.job_run_id.is_empty() {
-        let dir = ctx.logs_dir.join(&e.job_run_id);
+        let paths = databuild::executor::output_paths(&ctx.logs_dir, &e.job_run_id);
         let mut lines = Vec::new();
-        for f in ["stderr", "stdout"] {
-            if let Ok(l) = output_tail(&dir.join(f), FAILED_TAIL_LINES) {
+        for f in [&paths.stderr, &paths.stdout] {
+            if let Ok(l) = output_tail(f, FAILED_TAIL_LINES) {
                 lines = l;
                 if !lines.is_empty() {
                     break;

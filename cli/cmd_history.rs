@@ -728,7 +728,7 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
             a.run
         )));
     };
-    let dir = ctx.logs_dir.join(&*run.id);
+    let paths = databuild::executor::output_paths(&ctx.logs_dir, &run.id);
     out(&format!(
         "== job run {} ({}, build request {}, {}) ==",
         run.id,
@@ -743,8 +743,8 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
         return Ok(exit::SUCCESS);
     }
     let mut any = false;
-    for (name, file) in [("stdout", "stdout"), ("stderr", "stderr")] {
-        match std::fs::read(dir.join(file)) {
+    for (name, file) in [("stdout", &paths.stdout), ("stderr", &paths.stderr)] {
+        match std::fs::read(file) {
             Ok(bytes) => {
                 any = true;
                 out(&format!("-- {name} --"));
@@ -761,7 +761,7 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<u8, CliError> {
     if !any {
         out(&format!(
             "(no output captured in {}: the run never started, or its logs were removed)",
-            dir.display()
+            paths.dir.display()
         ));
     }
     if !run.message.is_empty() {
