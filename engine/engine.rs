@@ -1412,7 +1412,20 @@ impl Loop {
         }
         let ExitReport { code, signal, spawn_error, wait_error, .. } = report;
         if code == Some(0) && spawn_error.is_none() && l.released.is_some() {
-            self.complete_run(&l, ended, duration, leftovers);
+            // With `output_path`, exit 0 is believed only if every output's data is there.
+            match self.missing_output(l.exec, l.node) {
+                None => self.complete_run(&l, ended, duration, leftovers),
+                Some(why) => {
+                    let failure = Failure {
+                        kind: JobFailureKind::JobFailureOutputMissing,
+                        code: 0,
+                        signal: 0,
+                        message: why,
+                        duration,
+                    };
+                    self.fail_run(l.exec, l.node, run, l.attempt, failure);
+                }
+            }
             return;
         }
         let (kind, message) = match (spawn_error, l.timed_out, code, signal) {
@@ -1451,6 +1464,18 @@ impl Loop {
             duration,
         };
         self.fail_run(l.exec, l.node, run, l.attempt, failure);
+    }
+
+    /// The first output of task `n` of `e` whose `output_path` is missing: `output missing: PATH`.
+    fn missing_output(&self, e: usize, n: usize) -> Option<String> {
+        let node = &self.execs[e].plan.nodes[n];
+        let job = self.graph.job(&node.job).map(|j| &self.graph.jobs[j])?;
+        let out = job.output_path.as_ref()?;
+        node.outputs.iter().find_map(|o| match out.of(o) {
+            Ok(p) if self.graph.dir.join(&p).exists() => None,
+            Ok(p) => Some(format!("output missing: {p}")),
+            Err(why) => Some(why),
+        })
     }
 
     fn cancel_run(&mut self, l: &Live, duration: Duration) {

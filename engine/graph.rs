@@ -38,6 +38,83 @@ pub struct Job {
     pub retries: u32,
     /// At most this many `exec` runs of this job at once.
     pub max_concurrency: Option<u32>,
+    /// Where a partition's data lives (`output_path`), if the graph file says.
+    pub output_path: Option<OutputPath>,
+}
+
+/// A job's `output_path`: a path relative to the graph file's directory, with `{ref}` (the ref)
+/// and `{NAME}` (a named group of the job's pattern that matched) filled in per partition.
+#[derive(Clone, Debug)]
+pub struct OutputPath {
+    /// As written.
+    pub template: String,
+    patterns: Vec<regex::Regex>,
+}
+
+impl OutputPath {
+    /// The path of `r`'s data, relative to the graph file's directory; an error if it would leave
+    /// that directory (a ref with `..` in it).
+    pub fn of(&self, r: &str) -> Result<String, String> {
+        let caps = self.patterns.iter().find_map(|p| p.captures(r));
+        let mut out = String::new();
+        let mut rest = self.template.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find('}') else { break };
+            let name = &rest[open + 1..open + close];
+            if name == "ref" {
+                out.push_str(r);
+            } else if let Some(m) = caps.as_ref().and_then(|c| c.name(name)) {
+                out.push_str(m.as_str());
+            }
+            rest = &rest[open + close + 1..];
+        }
+        out.push_str(rest);
+        if out.starts_with('/') || out.split('/').any(|c| c == "..") {
+            return Err(format!("the output path {out:?} of {r} leaves the graph's directory"));
+        }
+        Ok(out)
+    }
+}
+
+/// Checks an `output_path` template against the job's patterns.
+fn output_path(template: &str, patterns: &[String]) -> Result<OutputPath, String> {
+    let key = "key 'output_path'";
+    if template.trim().is_empty() {
+        return Err(format!("{key} is empty"));
+    }
+    if template.starts_with('/') || template.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "{key} {template:?} must be relative to the graph file's directory and stay inside it"
+        ));
+    }
+    let compiled: Vec<regex::Regex> =
+        patterns.iter().filter_map(|p| regex::Regex::new(&format!("^(?:{p})$")).ok()).collect();
+    let mut rest = template;
+    let mut any = false;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return Err(format!("{key} {template:?} has a '{{' without its '}}'"));
+        };
+        let name = &rest[open + 1..open + close];
+        any = true;
+        if name != "ref"
+            && let Some(p) =
+                compiled.iter().position(|re| !re.capture_names().flatten().any(|n| n == name))
+        {
+            return Err(format!(
+                "{key} {template:?} uses {{{name}}}, which is not a named group of the pattern {:?} (write (?P<{name}>...) in every pattern, or use {{ref}})",
+                patterns[p]
+            ));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    if !any {
+        return Err(format!(
+            "{key} {template:?} names no partition: use {{ref}} or a named group like {{date}}"
+        ));
+    }
+    Ok(OutputPath { template: template.to_string(), patterns: compiled })
 }
 
 /// A loaded, checked graph.
@@ -148,6 +225,7 @@ struct JobToml {
     config_timeout_seconds: Option<u64>,
     retries: Option<u32>,
     max_concurrency: Option<u32>,
+    output_path: Option<String>,
 }
 
 /// Whether `c` is invisible or reorders text around it: zero-width characters (U+200B–U+200D),
@@ -338,7 +416,12 @@ impl Graph {
                     return Err(job_err(format!("key 'env': invalid variable name {k:?}")));
                 }
             }
+            let out_path = match &j.output_path {
+                Some(t) => Some(output_path(t, &j.partition_patterns).map_err(&job_err)?),
+                None => None,
+            };
             jobs.push(Job {
+                output_path: out_path,
                 label: j.label,
                 entrypoint,
                 entrypoint_text: j.entrypoint,

@@ -190,6 +190,8 @@ pub struct Planner<'g> {
     /// Inputs of planned configs written without a `depType`: (job, the config's first output,
     /// the input).
     implicit: Vec<(String, String, String)>,
+    /// AVAILABLE refs planned again because their `output_path` is gone: `output missing: ...`.
+    missing: Vec<String>,
 }
 
 impl<'g> Planner<'g> {
@@ -214,6 +216,7 @@ impl<'g> Planner<'g> {
             producer: HashMap::new(),
             dropped: Vec::new(),
             implicit: Vec::new(),
+            missing: Vec::new(),
         };
         for r in requested {
             if p.seen.insert(r.clone()) {
@@ -232,8 +235,14 @@ impl<'g> Planner<'g> {
                 continue;
             }
             if !self.forced.contains(&r) && state.is_available(&r) {
-                self.satisfied.insert(r);
-                continue;
+                // AVAILABLE in the log, but with `output_path` only if its data is still there.
+                match self.missing_output(&r) {
+                    None => {
+                        self.satisfied.insert(r);
+                        continue;
+                    }
+                    Some(why) => self.missing.push(format!("{why} ({r} is built again)")),
+                }
             }
             let job = match (self.graph.owner(&r), needed_by) {
                 (Ok(j), _) => j,
@@ -355,7 +364,18 @@ impl<'g> Planner<'g> {
         let mut plan =
             finish(self.graph.label.clone(), self.requested, self.nodes, self.satisfied)?;
         plan.dropped = self.dropped;
+        plan.warnings = self.missing;
         Ok(plan)
+    }
+
+    /// Why `r`'s data is not where its job's `output_path` says (None without `output_path`).
+    fn missing_output(&self, r: &str) -> Option<String> {
+        let job = &self.graph.jobs[self.graph.owner(r).ok()?];
+        match job.output_path.as_ref()?.of(r) {
+            Ok(p) if self.graph.dir.join(&p).exists() => None,
+            Ok(p) => Some(format!("output missing: {p}")),
+            Err(why) => Some(why),
+        }
     }
 }
 
@@ -564,7 +584,7 @@ pub async fn plan_with(
     }
     let warnings = planner.implicit_query_warnings(state);
     let mut plan = planner.finish()?;
-    plan.warnings = warnings;
+    plan.warnings.extend(warnings);
     Ok(plan)
 }
 

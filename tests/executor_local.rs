@@ -30,6 +30,7 @@ fn job(dir: &std::path::Path) -> Job {
         config_timeout: Duration::from_secs(10),
         retries: 0,
         max_concurrency: None,
+        output_path: None,
     }
 }
 

@@ -6,6 +6,7 @@ mod bad_input;
 mod build;
 mod concurrency;
 mod engine;
+mod freshness;
 mod hardening;
 mod hardening_cli;
 mod hardening_config;
