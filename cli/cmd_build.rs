@@ -172,7 +172,10 @@ pub fn print_outcome(ctx: &Ctx, outcome: &Outcome, elapsed: std::time::Duration,
 /// The exit code for how a set of requests ended: cancelled by a signal (130/143), any request
 /// not COMPLETED (1, naming it), or success.
 pub fn judge(outcome: &Outcome) -> Result<u8, CliError> {
-    if let Some(sig) = outcome.signal {
+    // A signal that came after the request had ended cancelled nothing: the end decides.
+    let cancelled =
+        outcome.requests.iter().any(|r| r.status == BuildRequestStatus::BuildRequestCancelled);
+    if let Some(sig) = outcome.signal.filter(|_| cancelled) {
         let (code, name) = if sig == databuild::sys::SIGINT {
             (exit::CANCELLED_SIGINT, "SIGINT")
         } else {

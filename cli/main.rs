@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    databuild::sys::ensure_stdio();
     let cli = args::Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),

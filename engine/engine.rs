@@ -527,6 +527,7 @@ impl Engine {
             staged_then: Vec::new(),
             fatal: None,
             closing: false,
+            previous_commit: None,
         };
         let task = tokio::spawn(lp.run());
         Ok((Engine { handle: EngineHandle { tx }, task }, reconciled))
@@ -572,6 +573,8 @@ struct Loop {
     staged_then: Vec<Msg>,
     fatal: Option<String>,
     closing: bool,
+    /// Resolves when the previous commit's follow-ups were sent: they are sent in commit order.
+    previous_commit: Option<oneshot::Receiver<()>>,
 }
 
 fn unix_secs(t: SystemTime) -> i64 {
@@ -649,12 +652,20 @@ impl Loop {
     fn after_durable(&mut self, p: Pending, then: Vec<Msg>) {
         self.waiting += 1;
         let tx = self.tx.clone();
+        let previous = self.previous_commit.take();
+        let (sent, next) = oneshot::channel();
+        self.previous_commit = Some(next);
         tokio::spawn(async move {
             let msg = match p.durable().await {
                 Ok(_) => Msg::Committed(then),
                 Err(e) => Msg::CommitFailed(e.to_string()),
             };
+            // Commits become durable in order; their follow-ups (notes, answers) go in order too.
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
             let _ = tx.send(msg).await;
+            let _ = sent.send(());
         });
     }
 
@@ -737,6 +748,10 @@ impl Loop {
     ) {
         if let Some(e) = self.refuse_new() {
             let _ = reply.send(Err(e));
+            return;
+        }
+        if spec.refs.is_empty() {
+            let _ = reply.send(Err(SubmitError::Invalid("a build request needs refs".into())));
             return;
         }
         for r in &spec.refs {
@@ -1030,6 +1045,10 @@ impl Loop {
         let resume = match recovery::prepare_resume(&self.store, &self.graph, &mine) {
             Ok(r) => r,
             Err(e) => {
+                // What it staged for the requests before the one that failed must not reach the
+                // log without executions to drive it: stop here (nothing staged is committed;
+                // the next writer starts from the log).
+                self.fail_fatally(format!("cannot resume the interrupted requests: {e}"));
                 let _ = reply.send(Err(e.to_string()));
                 return;
             }
@@ -1411,7 +1430,8 @@ impl Loop {
             return;
         }
         let ExitReport { code, signal, spawn_error, wait_error, .. } = report;
-        if code == Some(0) && spawn_error.is_none() && l.released.is_some() {
+        // A run that timed out failed, whatever it exited with (it may catch SIGTERM and exit 0).
+        if code == Some(0) && spawn_error.is_none() && l.released.is_some() && !l.timed_out {
             // With `output_path`, exit 0 is believed only if every output's data is there.
             match self.missing_output(l.exec, l.node) {
                 None => self.complete_run(&l, ended, duration, leftovers),

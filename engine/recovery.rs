@@ -315,10 +315,8 @@ pub fn prepare_resume(
                     .iter()
                     .filter_map(|o| {
                         let k = state.key(&req, o)?;
-                        (k.status == PartitionStatus::PartitionDelegated).then(|| {
-                            let to = k.message.trim_start_matches("delegated to active build ");
-                            (o.clone(), to.to_string())
-                        })
+                        (k.status == PartitionStatus::PartitionDelegated)
+                            .then(|| (o.clone(), delegate_named(&k.message).to_string()))
                     })
                     .collect();
                 let Some(to) = delegated.first().map(|d| d.1.clone()) else { continue };
@@ -404,6 +402,31 @@ pub fn prepare_resume(
     Ok(out)
 }
 
+/// The request a DELEGATED partition waits for, from the message the engine recorded with it
+/// (at planning: "delegated to active build R"; on resume: "being built by build request R,
+/// resumed alongside").
+fn delegate_named(message: &str) -> &str {
+    if let Some(r) = message.strip_prefix("delegated to active build ") {
+        return r;
+    }
+    if let Some(rest) = message.strip_prefix("being built by build request ") {
+        return rest.split(',').next().unwrap_or(rest);
+    }
+    message
+}
+
 fn close_open(store: &Store, req: &str, why: &str) -> Vec<crate::proto::BuildEvent> {
     crate::scheduler::closing_events(&store.state(), req, why)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_delegate_is_read_from_either_message_the_engine_writes() {
+        assert_eq!(super::delegate_named("delegated to active build R1"), "R1");
+        assert_eq!(
+            super::delegate_named("being built by build request R2, resumed alongside"),
+            "R2"
+        );
+    }
 }

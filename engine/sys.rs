@@ -253,9 +253,20 @@ pub fn spawn_held(spec: &HeldSpawn) -> io::Result<HeldChild> {
     let envp: Vec<*const libc::c_char> =
         spec.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let (rr, ew) = (release_r.as_raw_fd(), errors_w.as_raw_fd());
+    // Signals stay blocked across the fork: the child must not run the engine's handlers (they
+    // would tell the engine about a signal meant for the job) before it has reset them.
+    // SAFETY: sigfillset/pthread_sigmask on sigset_t values we own.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
     // SAFETY: after fork the child only makes async-signal-safe system calls on memory prepared
     // above (no allocation, no locks), and always ends in execve or _exit.
     let pid = unsafe { libc::fork() };
+    // SAFETY: restores this thread's mask (the child resets its own).
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -313,11 +324,16 @@ unsafe fn held_child(
         // wait for an end-of-file that another held child's copy of its pipe holds back).
         close_all_but(release, errors);
         libc::setpgid(0, 0);
-        // The engine's signal mask and ignored signals (SIGPIPE) must not reach the job.
+        // The engine's handlers, ignored signals (SIGPIPE) and mask must not reach the job: every
+        // signal back to its default action (signals are blocked until then), then unblocked.
+        for sig in 1..65 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         if libc::mkdir(spec.dir.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
             fail(1);
         }
@@ -426,6 +442,27 @@ pub fn reap(pid: i32) -> io::Result<Option<i32>> {
         0 => Ok(None),
         r if r == pid => Ok(Some(status)),
         _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Waits for a child to exit and reaps it.
+pub fn reap_blocking(pid: i32) -> io::Result<i32> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into our own int.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if r == pid { Ok(status) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Makes sure fds 0, 1 and 2 are open (on /dev/null if not), so no pipe or file the engine opens
+/// later gets one of them (a held child makes those its stdio).
+pub fn ensure_stdio() {
+    for fd in 0..3 {
+        // SAFETY: fcntl and open take integers and a NUL-terminated string we own.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1 {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
     }
 }
 

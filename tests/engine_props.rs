@@ -190,16 +190,42 @@ fn opts() -> StoreOptions {
     }
 }
 
+/// Records whether each note of a request was its `Done`.
+#[derive(Default)]
+struct Notes(parking_lot::Mutex<Vec<bool>>);
+
+impl databuild::engine::Observer for Notes {
+    fn note(&self, note: databuild::engine::Note) {
+        self.0.lock().push(matches!(note, databuild::engine::Note::Done { .. }));
+    }
+}
+
+/// Every request's notes end with exactly one `Done`, and nothing comes after it.
+fn done_is_last(all: &[Arc<Notes>]) -> Result<(), TestCaseError> {
+    for n in all {
+        let n = n.0.lock();
+        let dones = n.iter().filter(|d| **d).count();
+        prop_assert!(dones <= 1, "{dones} Done notes");
+        if dones == 1 {
+            prop_assert!(n.last() == Some(&true), "a note came after Done: {:?}", *n);
+        }
+    }
+    Ok(())
+}
+
 async fn run_requests(
     handle: EngineHandle,
     reqs: Vec<Req>,
+    notes: Arc<parking_lot::Mutex<Vec<Arc<Notes>>>>,
 ) -> Vec<(String, Option<RequestEnd>, bool)> {
     let mut tasks = Vec::new();
     for r in reqs {
         let h = handle.clone();
+        let rec = Arc::new(Notes::default());
+        notes.lock().push(rec.clone());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(r.at_ms)).await;
-            let (observer, mut ends) = with_ends(Arc::new(Quiet));
+            let (observer, mut ends) = with_ends(rec);
             let spec = BuildSpec {
                 refs: r.refs.iter().map(|i| format!("p/{i}")).collect(),
                 force: r.force,
@@ -270,6 +296,7 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
         .start_paused(true)
         .build()
         .unwrap();
+    let notes: Arc<parking_lot::Mutex<Vec<Arc<Notes>>>> = Arc::default();
     let cancelled: HashSet<String> = rt.block_on(async {
         let (store, _) = Store::open(&log, opts()).unwrap();
         let mut store = Arc::new(store);
@@ -291,7 +318,7 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
             Engine::open(store.clone(), graph.clone(), settings.clone(), fake.clone())
                 .await
                 .unwrap();
-        let runner = tokio::spawn(run_requests(engine.handle(), c.reqs.clone()));
+        let runner = tokio::spawn(run_requests(engine.handle(), c.reqs.clone(), notes.clone()));
         let mut cancelled = HashSet::new();
         match c.crash_at_ms {
             Some(ms) => {
@@ -347,6 +374,9 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
         }
         cancelled
     });
+    if c.crash_at_ms.is_none() {
+        done_is_last(&notes.lock())?;
+    }
     let state = fold_from_disk(&log);
     prop_assert!(state.open_requests().is_empty(), "every request ended");
     prop_assert!(state.live_runs().is_empty(), "no run left live");

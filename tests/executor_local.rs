@@ -60,6 +60,9 @@ fn a_held_run_keeps_none_of_the_engines_files_and_runs_only_once_released() {
         outputs: &outputs,
     };
     rt.block_on(async {
+        // The engine handles SIGTERM (as the CLI does); a held child must not.
+        let _sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
         // Held, then let go: it never runs the job, and it held nothing of ours meanwhile.
         let p = local.prepare(&spec("run-1")).unwrap();
         let pid = p.handle.process.as_ref().unwrap().pid;
@@ -70,6 +73,12 @@ fn a_held_run_keeps_none_of_the_engines_files_and_runs_only_once_released() {
             "the held child keeps the engine's files open: {fds:?}"
         );
         assert!(fds.len() <= 5, "stdio and two pipes only: {fds:?}");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let caught = status.lines().find(|l| l.starts_with("SigCgt:")).unwrap_or_default();
+        let mask = u64::from_str_radix(caught.trim_start_matches("SigCgt:").trim(), 16).unwrap();
+        // Signals 32 and 33 are glibc's own (thread cancellation, set*id): not ours to reset.
+        let ours = mask & !(0b11 << 31);
+        assert_eq!(ours, 0, "the held child runs the engine's signal handlers: {caught}");
         drop(p.held);
         let report = tokio::time::timeout(Duration::from_secs(10), p.exit).await.unwrap();
         assert_eq!(report.code, Some(databuild::sys::NOT_RELEASED), "{report:?}");

@@ -94,7 +94,16 @@ impl Local {
         };
         let child = sys::spawn_held(&held)?;
         let pid = child.pid;
-        let exited = sys::exit_watch(child.exited)?;
+        let exited = match sys::exit_watch(child.exited) {
+            Ok(w) => w,
+            Err(e) => {
+                // Let it go (its release pipe closes) and reap it: no zombie left behind.
+                drop(child.release);
+                let _ = sys::signal_group(pid, sys::SIGKILL);
+                let _ = sys::reap_blocking(pid);
+                return Err(e);
+            }
+        };
         let errors = std::fs::File::from(child.errors);
         let (host, boot_id) = this_machine();
         let process = ProcessInfo {
@@ -110,22 +119,24 @@ impl Local {
         };
         let entrypoint = spec.job.entrypoint.clone();
         let exit = Box::pin(async move {
+            let mut leftovers = false;
             let status = loop {
                 let mut ready = match exited.readable().await {
                     Ok(r) => r,
                     Err(e) => break Err(e),
                 };
+                // Anything left in the job's group after its leader exits is terminated, while
+                // the leader is a zombie (so its pid, the group's id, cannot be reused yet).
+                if sys::is_zombie(pid) && !sys::group_members(pid).is_empty() {
+                    leftovers = true;
+                    let _ = sys::signal_group(pid, sys::SIGKILL);
+                }
                 match sys::reap(pid) {
                     Ok(Some(status)) => break Ok(status),
                     Ok(None) => ready.clear_ready(),
                     Err(e) => break Err(e),
                 }
             };
-            // Anything left in the job's group after its leader exits is terminated.
-            let leftovers = sys::group_exists(pid);
-            if leftovers {
-                let _ = sys::signal_group(pid, sys::SIGKILL);
-            }
             // A failed setup or execve says which step and why; a successful exec said nothing.
             let mut msg = [0u8; 5];
             let spawn_error = match std::io::Read::read(&mut &errors, &mut msg) {

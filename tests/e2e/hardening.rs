@@ -260,3 +260,24 @@ fn a_config_the_kernel_could_not_exec_is_refused_at_planning() {
     assert!(line.contains("DATABUILD_OUTPUTS") && line.contains("128 KiB"), "{line}");
     assert!(!e.exists("ledger.txt"), "nothing ran");
 }
+
+/// A job that catches SIGTERM and exits 0 after its timeout has still timed out: FAILED
+/// (TIMED_OUT), never COMPLETED with its outputs AVAILABLE.
+#[test]
+fn a_timed_out_job_that_exits_0_on_sigterm_still_failed() {
+    let e = Env::generic(&[("raw", r"raw/\d+")]);
+    let toml = e.read("databuild.toml") + "timeout_seconds = 1\n";
+    e.write("databuild.toml", &toml);
+    let job = e.read("jobs/generic.sh").replace(
+        "r=$1\necho \"$r\" >> ledger.txt\n",
+        "r=$1\necho \"$r\" >> ledger.txt\ntrap 'exit 0' TERM\nsleep 30 & wait\n",
+    );
+    e.script("jobs/generic.sh", &job);
+    let out = e.run(&["build", "raw/1"]);
+    out.code(1);
+    let evs = events(&e);
+    let failed = events_of(&evs, "jobEvent", Some("JOB_FAILED"));
+    assert_eq!(failed.len(), 1, "{}", out.stderr);
+    assert_eq!(failed[0]["event"]["jobEvent"]["failure"], "JOB_FAILURE_TIMED_OUT");
+    assert!(events_of(&evs, "jobEvent", Some("JOB_COMPLETED")).is_empty());
+}
