@@ -39,7 +39,7 @@ pub fn cancel(ctx: &Ctx, a: CancelArgs) -> Result<u8, CliError> {
     let opts = StoreOptions { writer: WriterOptions::default(), ..StoreOptions::default() };
     match Store::open(&ctx.log_dir, opts) {
         Err(databuild::store::StoreError::Open(OpenError::Locked { pid, host, .. })) => {
-            signal_owner(ctx, id, pid, host)
+            signal_owner(ctx, id, r.received_ts, pid, host)
         }
         Err(e) => Err(exit::store_error(&e, &ctx.log_dir)),
         Ok((store, _)) => record_interrupted(ctx, id, Arc::new(store)),
@@ -50,6 +50,7 @@ pub fn cancel(ctx: &Ctx, a: CancelArgs) -> Result<u8, CliError> {
 fn signal_owner(
     ctx: &Ctx,
     id: &str,
+    received_ns: i64,
     pid: Option<u32>,
     host: Option<String>,
 ) -> Result<u8, CliError> {
@@ -60,6 +61,14 @@ fn signal_owner(
             host.unwrap_or_else(|| "another host".into())
         )));
     };
+    // Only the engine that accepted the request owns it: one that started later (a `build` of
+    // other refs, `repair`) must not be stopped for it.
+    let started = databuild::sys::start_time_ns(pid as i32);
+    if started.is_none_or(|t| t > received_ns + 200_000_000) {
+        return Err(CliError::log(format!(
+            "build request {id} is not run by the databuild (pid {pid}) that holds the log now: it started after the request was made (a `recover` resuming it can be stopped with Ctrl-C); run `databuild cancel {id}` again once it ends"
+        )));
+    }
     databuild::sys::signal_process(pid as i32, databuild::sys::SIGTERM).map_err(|e| {
         CliError::log(format!(
             "cannot signal the databuild (pid {pid}) that runs build request {id}: {e}"

@@ -65,6 +65,26 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
+/// When the process started, in unix nanoseconds (its start ticks after boot, boot time from the
+/// realtime and boot-time clocks), to a clock tick (10 ms).
+pub fn start_time_ns(pid: i32) -> Option<i64> {
+    let ticks = start_ticks(pid)?;
+    // SAFETY: sysconf takes an integer; clock_gettime writes into a timespec we own.
+    let (hz, since_boot) = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        if libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) != 0 {
+            return None;
+        }
+        (libc::sysconf(libc::_SC_CLK_TCK), ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64)
+    };
+    if hz <= 0 {
+        return None;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+    let boot = now.as_nanos() as i64 - since_boot;
+    Some(boot + (ticks as i64) * (1_000_000_000 / hz as i64))
+}
+
 /// The process's group id (field 5), if it exists.
 pub fn process_group(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(2)?.parse().ok()

@@ -90,3 +90,29 @@ fn execute_runs_exactly_an_analyzed_graph_and_refuses_a_bad_one_whole() {
     e.run(&["execute", "no-such-file.json"]).code(2);
     assert_eq!(events(&e).len(), before, "nothing was recorded");
 }
+
+/// `cancel ID` never stops a databuild that does not run the request: an interrupted request while
+/// another build (started after it) holds the log is refused (exit 3), and that build goes on.
+#[test]
+fn cancel_does_not_signal_an_engine_that_does_not_run_the_request() {
+    let e = Env::generic(&[("raw", r"raw/\d+")]);
+    // An interrupted request.
+    let child = e.spawn(&["build", "raw/1"], &[("SLEEP", "30")]);
+    wait_until("the job started", || e.exists("ledger.txt"));
+    signal(&child, "KILL");
+    let _ = finish(child, DEADLINE);
+    let interrupted = request_ids(&e).remove(0).0;
+    // Another build now holds the log.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let other = e.spawn(&["build", "raw/2"], &[("SLEEP", "2")]);
+    wait_until("the other build runs", || e.ledger().len() >= 2);
+    let c = e.run(&["cancel", &interrupted]);
+    c.code(3);
+    assert!(c.error_line().contains("not run by"), "{}", c.stderr);
+    let out = finish(other, DEADLINE);
+    out.ok();
+    // Once it is free, the interrupted request is recorded CANCELLED.
+    e.run(&["cancel", &interrupted]).ok();
+    let st: Vec<_> = request_ids(&e).into_iter().filter(|(i, _)| *i == interrupted).collect();
+    assert_eq!(st[0].1, "BUILD_REQUEST_CANCELLED");
+}
