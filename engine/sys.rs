@@ -82,7 +82,7 @@ pub fn start_time_ns(pid: i32) -> Option<i64> {
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
     let boot = now.as_nanos() as i64 - since_boot;
-    Some(boot + (ticks as i64) * (1_000_000_000 / hz as i64))
+    Some(boot + (ticks as i64) * (1_000_000_000 / hz))
 }
 
 /// The process's group id (field 5), if it exists.
