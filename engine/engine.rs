@@ -1759,8 +1759,7 @@ pub fn plan_commit(
             .get(&*f.job_run_id)
             .map_or_else(String::new, |run| run.job_label.to_string());
         let msg = format!("AVAILABLE since seq {} (built by run {})", f.seq, f.job_run_id);
-        events.push(ev::delegation(&request, r, &f.build_request_id, &msg));
-        events.push(ev::partition(&request, r, PartitionStatus::PartitionDelegated, "", &msg));
+        events.extend(ev::delegated(&request, r, &f.build_request_id, &msg));
         let entry = skipped.entry(label).or_default();
         entry.0.push(r.clone());
         if !entry.1.iter().any(|r| **r == *f.job_run_id) {
@@ -1792,14 +1791,7 @@ pub fn plan_commit(
         {
             for o in outs {
                 let msg = format!("delegated to active build {to}");
-                events.push(ev::delegation(&request, o, &to, &msg));
-                events.push(ev::partition(
-                    &request,
-                    o,
-                    PartitionStatus::PartitionDelegated,
-                    "",
-                    &msg,
-                ));
+                events.extend(ev::delegated(&request, o, &to, &msg));
                 delegated.push((o.clone(), to.clone()));
             }
             x.nodes[n] = NodeState::Delegated { to };

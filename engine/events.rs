@@ -81,6 +81,15 @@ pub fn delegation(req: &str, partition: &str, to: &str, message: &str) -> BuildE
     )
 }
 
+/// A partition delegated to request `to`: its DelegationEvent and, right after it (the fold
+/// requires them adjacent), its DELEGATED partition event.
+pub fn delegated(req: &str, partition: &str, to: &str, message: &str) -> [BuildEvent; 2] {
+    [
+        delegation(req, partition, to, message),
+        self::partition(req, partition, PartitionStatus::PartitionDelegated, "", message),
+    ]
+}
+
 /// The plan.
 pub fn job_graph(req: &str, graph: JobGraph) -> BuildEvent {
     event(

@@ -255,14 +255,7 @@ pub fn prepare_resume(
                             if open && !by.is_empty() {
                                 let msg =
                                     format!("AVAILABLE since seq {seq} (built by run {by_run})");
-                                events.push(ev::delegation(&req, o, &by, &msg));
-                                events.push(ev::partition(
-                                    &req,
-                                    o,
-                                    PartitionStatus::PartitionDelegated,
-                                    "",
-                                    &msg,
-                                ));
+                                events.extend(ev::delegated(&req, o, &by, &msg));
                                 skipped.entry(node.job.clone()).or_default().push(o.clone());
                             }
                         }
@@ -353,14 +346,7 @@ pub fn prepare_resume(
                 {
                     for o in outs {
                         let msg = format!("being built by build request {to}, resumed alongside");
-                        events.push(ev::delegation(&req, o, &to, &msg));
-                        events.push(ev::partition(
-                            &req,
-                            o,
-                            PartitionStatus::PartitionDelegated,
-                            "",
-                            &msg,
-                        ));
+                        events.extend(ev::delegated(&req, o, &to, &msg));
                     }
                     exec.nodes[n] = NodeState::Delegated { to };
                 }
