@@ -146,6 +146,10 @@ fn explain_one(ctx: &Ctx, state: &databuild::state::State, partition: &str) {
                     "  by job run {} (`databuild logs {}` for its output so far)",
                     e.job_run_id, e.job_run_id
                 ));
+                // As `status` says: with no engine holding the log, nothing is building it.
+                if !crate::live::writer_alive(&ctx.log_dir) {
+                    out(&format!("  {}", crate::live::INTERRUPTED));
+                }
             }
             if let Some(c) = e.exit_code {
                 out(&format!("  exit code {c}"));

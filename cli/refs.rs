@@ -75,7 +75,7 @@ fn range(a: &str, b: &str, whole: &str) -> Result<Vec<String>, String> {
                 "the range {{{a}..{b}}} in '{whole}' is reversed; write {{{b}..{a}}}"
             ));
         }
-        let n = to - from + 1;
+        let n = (to - from).saturating_add(1);
         if n > MAX_REFS as u64 {
             return Err(too_many(whole, n));
         }
@@ -158,8 +158,8 @@ pub fn is_glob(r: &str) -> bool {
     r.contains('*') || r.contains('?')
 }
 
-/// Refs with their globs replaced by the partitions of the log they match (sorted); a glob that
-/// matches nothing gives nothing.
+/// Refs with their globs replaced by the partitions of the log they match (sorted). A ref with
+/// `*` or `?` that matches no partition is kept as it is: refs may contain those characters.
 pub fn match_globs(state: &State, refs: &[String]) -> Vec<String> {
     let mut all: Option<Vec<&str>> = None;
     let mut out = Vec::new();
@@ -173,7 +173,11 @@ pub fn match_globs(state: &State, refs: &[String]) -> Vec<String> {
             v.sort_unstable();
             v
         });
+        let before = out.len();
         out.extend(all.iter().filter(|p| crate::render::glob_match(r, p)).map(|p| p.to_string()));
+        if out.len() == before {
+            out.push(r.clone());
+        }
     }
     out
 }
@@ -197,7 +201,9 @@ fn resolve<'a>(
         }
         if id.starts_with(typed) {
             found.push(id);
-        } else if id.ends_with(typed) {
+        } else if typed.len() >= SHORT_ID && id.ends_with(typed) {
+            // Tails as tables show them (8 characters); a shorter one (a typo, a row number)
+            // would name an arbitrary id.
             tails.push(id);
         }
     }

@@ -192,14 +192,22 @@ impl Fs for RealFs {
         if wait {
             file.lock()?;
         } else {
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(TryLockError::WouldBlock) => {
-                    let mut info = String::new();
-                    let _ = (&file).take(4096).read_to_string(&mut info);
-                    return Ok(LockAttempt::Busy { info });
+            // A reader checking whether a writer is alive holds a shared lock for microseconds:
+            // a writer that meets one tries again for a moment before calling the log busy.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(250);
+            loop {
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(TryLockError::WouldBlock) => {
+                        let mut info = String::new();
+                        let _ = (&file).take(4096).read_to_string(&mut info);
+                        return Ok(LockAttempt::Busy { info });
+                    }
+                    Err(TryLockError::Error(e)) => return Err(e),
                 }
-                Err(TryLockError::Error(e)) => return Err(e),
             }
         }
         Ok(LockAttempt::Acquired(Box::new(RealLock { file })))

@@ -246,3 +246,25 @@ fn the_short_ids_shown_are_the_ones_commands_accept() {
         assert!(logs.stdout.contains("built"), "{}", logs.stdout);
     }
 }
+
+/// From a review: a huge range is bad input (not a panic); a one-character id tail names nothing;
+/// a ref with `?` or `*` that matches no partition is a ref like any other (§8: never requested).
+#[test]
+fn huge_ranges_short_tails_and_glob_characters_in_refs() {
+    let e = Env::generic(&[("raw", r"raw/.+")]);
+    let out = e.run(&["analyze", "raw/{0..18446744073709551615}"]);
+    out.code(2);
+    e.run(&["build", "raw/1"]).ok();
+    let run = e.run(&["builds", "--format", "json"]).ok().json_lines()[0]["buildRequestId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let last = &run[run.len() - 1..];
+    e.run(&["builds", last]).code(2);
+    let ex = e.run(&["explain", "--format", "json", "q?x=1"]);
+    ex.ok();
+    assert!(ex.stdout.contains("never_requested"), "{}", ex.stdout);
+    let st = e.run(&["status", "--format", "json", "q?x=1"]);
+    st.ok();
+    assert!(st.stdout.contains("PARTITION_UNKNOWN"), "{}", st.stdout);
+}

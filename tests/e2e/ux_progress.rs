@@ -102,6 +102,9 @@ fn after_kill_9_status_and_builds_say_interrupted_not_building() {
     st.ok();
     let row = st.stdout.lines().find(|l| l.starts_with("a/1")).unwrap_or_default().to_string();
     assert!(row.contains("INTERRUPTED") && row.contains("databuild recover"), "{}", st.stdout);
+    let ex = e.run(&["explain", "a/1"]);
+    ex.ok();
+    assert!(ex.stdout.contains("no engine running"), "explain agrees with status: {}", ex.stdout);
     let b = e.run(&["builds"]);
     b.ok();
     assert!(b.stdout.contains("INTERRUPTED") && !b.stdout.contains("EXECUTING"), "{}", b.stdout);
