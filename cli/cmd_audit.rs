@@ -76,7 +76,8 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
         databuild::graph::check_ref(r).map_err(|e| exit::lookup_error(&e))?;
     }
     let (state, _) = crate::cmd_history::load(ctx)?;
-    let refs = crate::refs::match_globs(state, &typed);
+    let refs =
+        crate::refs::match_globs(state, &typed, crate::refs::graph_for_globs(ctx, &typed).as_ref());
     if refs.is_empty() {
         return Err(CliError::bad_input(format!(
             "'{}' matches no partition in the log; `databuild status` lists them",

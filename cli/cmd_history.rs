@@ -237,7 +237,10 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
     };
     let only: Vec<PartitionStatus> =
         a.status.iter().map(|s| parse_status(s)).collect::<Result<_, _>>()?;
-    let refs = crate::refs::match_globs(state, &crate::refs::expand_args(&a.refs)?);
+    let refs = {
+        let typed = crate::refs::expand_args(&a.refs)?;
+        crate::refs::match_globs(state, &typed, crate::refs::graph_for_globs(ctx, &typed).as_ref())
+    };
     // Globs that match nothing give no rows (not every row, as no refs would).
     let mut rows = if !a.refs.is_empty() && refs.is_empty() {
         Vec::new()

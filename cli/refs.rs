@@ -158,9 +158,22 @@ pub fn is_glob(r: &str) -> bool {
     r.contains('*') || r.contains('?')
 }
 
-/// Refs with their globs replaced by the partitions of the log they match (sorted). A ref with
-/// `*` or `?` that matches no partition is kept as it is: refs may contain those characters.
-pub fn match_globs(state: &State, refs: &[String]) -> Vec<String> {
+/// The graph, loaded only if some ref is a glob (to tell a glob from a ref with `*` or `?`).
+pub fn graph_for_globs(
+    ctx: &crate::context::Ctx,
+    refs: &[String],
+) -> Option<databuild::graph::Graph> {
+    if refs.iter().any(|r| is_glob(r)) { ctx.graph().ok() } else { None }
+}
+
+/// Refs with their globs replaced by the partitions of the log they match (sorted). A glob that
+/// matches no partition gives nothing, unless a job of the graph owns it as a ref (refs may
+/// contain `*` and `?`): then it is that ref.
+pub fn match_globs(
+    state: &State,
+    refs: &[String],
+    graph: Option<&databuild::graph::Graph>,
+) -> Vec<String> {
     let mut all: Option<Vec<&str>> = None;
     let mut out = Vec::new();
     for r in refs {
@@ -175,7 +188,7 @@ pub fn match_globs(state: &State, refs: &[String]) -> Vec<String> {
         });
         let before = out.len();
         out.extend(all.iter().filter(|p| crate::render::glob_match(r, p)).map(|p| p.to_string()));
-        if out.len() == before {
+        if out.len() == before && graph.is_some_and(|g| g.owner(r).is_ok()) {
             out.push(r.clone());
         }
     }
