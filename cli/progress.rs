@@ -133,10 +133,18 @@ impl Progress {
         if self.quiet {
             return;
         }
-        let rest = render::safe(rest);
+        let mut rest = render::safe(rest).into_owned();
+        // On a terminal, a line wider than it would wrap under the live view: cut it.
+        if self.live.is_some() {
+            let width = console::Term::stderr().size().1 as usize;
+            let room = width.saturating_sub(word.map_or(0, |(w, _)| w.chars().count() + 1));
+            if room > 1 && rest.chars().count() > room {
+                rest = rest.chars().take(room - 1).collect::<String>() + "…";
+            }
+        }
         let s = match word {
             Some((w, code)) => format!("{} {rest}", paint(self.color, code, w)),
-            None => rest.into_owned(),
+            None => rest,
         };
         self.raw(s);
     }

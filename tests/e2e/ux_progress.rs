@@ -189,12 +189,17 @@ fn defaults_in_the_graph_file_set_jobs_and_are_checked() {
 
 /// Runs `databuild ARGS` on a pseudo-terminal of 100x30 (via `script`); returns what it drew.
 fn on_a_terminal(e: &Env, args: &str, env: &[(&str, &str)]) -> Option<String> {
+    on_a_terminal_of(e, args, env, 100)
+}
+
+/// The same, `cols` wide.
+fn on_a_terminal_of(e: &Env, args: &str, env: &[(&str, &str)], cols: usize) -> Option<String> {
     if Command::new("script").arg("--version").output().is_err() {
         eprintln!("skipped: no `script` to make a pseudo-terminal");
         return None;
     }
     let mut c = Command::new("script");
-    c.args(["-qefc", &format!("stty cols 100 rows 30; exec {BIN} {args}"), "/dev/null"])
+    c.args(["-qefc", &format!("stty cols {cols} rows 30; exec {BIN} {args}"), "/dev/null"])
         .current_dir(e.path())
         .env_remove("DATABUILD_LOG")
         .env_remove("NO_COLOR")
@@ -226,4 +231,26 @@ fn on_a_terminal_the_live_view_ticks_lists_running_jobs_and_colours() {
     let Some(drawn) = on_a_terminal(&e, "build a/1", &[("NO_COLOR", "1")]) else { return };
     assert!(drawn.contains("done"), "{drawn:?}");
     assert!(!drawn.contains("\x1b[32m"), "NO_COLOR is respected: {drawn:?}");
+}
+
+/// On a narrow terminal, event lines are cut to its width (with …) instead of wrapping.
+#[test]
+fn on_a_narrow_terminal_event_lines_do_not_wrap() {
+    let e = Env::generic(&[("a", r"a/.+")]);
+    let long = format!("a/{}", "x".repeat(80));
+    let Some(drawn) = on_a_terminal_of(&e, &format!("build {long}"), &[("NO_COLOR", "1")], 50)
+    else {
+        return;
+    };
+    // Each event line runs from its word to where the live view is drawn again.
+    let events: Vec<&str> = ["start  ", "done   "]
+        .iter()
+        .flat_map(|w| drawn.match_indices(w).map(|(i, _)| &drawn[i..]))
+        .map(|l| l.split(['\r', '\n', '\u{1b}', '⠁']).next().unwrap_or(l))
+        .collect();
+    assert!(!events.is_empty(), "{drawn:?}");
+    for l in events {
+        assert!(l.chars().count() <= 50, "{} columns: {l:?}", l.chars().count());
+        assert!(l.ends_with('…'), "{l:?}");
+    }
 }
