@@ -235,8 +235,14 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
             ))
         }
     };
-    let only: Vec<PartitionStatus> =
-        a.status.iter().map(|s| parse_status(s)).collect::<Result<_, _>>()?;
+    // `interrupted` (as the text table shows it) is open work no engine is running.
+    let interrupted = a.status.iter().any(|s| s.trim().eq_ignore_ascii_case("interrupted"));
+    let only: Vec<PartitionStatus> = a
+        .status
+        .iter()
+        .filter(|s| !s.trim().eq_ignore_ascii_case("interrupted"))
+        .map(|s| parse_status(s))
+        .collect::<Result<_, _>>()?;
     let refs = {
         let typed = crate::refs::expand_args(&a.refs)?;
         crate::refs::match_globs(state, &typed, crate::refs::graph_for_globs(ctx, &typed).as_ref())
@@ -250,8 +256,12 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
     if !a.refs.is_empty() && refs.is_empty() && !ctx.quiet {
         eprintln!("no partition in the log matches {}", render::safe(&a.refs.join(" ")));
     }
-    if !only.is_empty() {
-        rows.retain(|r| only.contains(&r.status));
+    if !only.is_empty() || interrupted {
+        let dead = interrupted
+            && a.at.is_none()
+            && rows.iter().any(|r| databuild::state::is_open(r.status))
+            && !crate::live::writer_alive(&ctx.log_dir);
+        rows.retain(|r| only.contains(&r.status) || (dead && databuild::state::is_open(r.status)));
     }
     match ctx.format {
         Format::Json => {
@@ -309,7 +319,7 @@ fn parse_status(s: &str) -> Result<PartitionStatus, CliError> {
     let full = if up.starts_with("PARTITION_") { up } else { format!("PARTITION_{up}") };
     PartitionStatus::from_str_name(&full).ok_or_else(|| {
         CliError::bad_input(format!(
-            "--status {s:?} is not a partition status; use one of: AVAILABLE, BUILDING, FAILED, REQUESTED, ANALYZED, DELEGATED, UNKNOWN"
+            "--status {s:?} is not a partition status; use one of: AVAILABLE, BUILDING, FAILED, REQUESTED, ANALYZED, DELEGATED, UNKNOWN, or INTERRUPTED (open with no engine running)"
         ))
     })
 }

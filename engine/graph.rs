@@ -209,8 +209,8 @@ struct GraphToml {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DefaultsToml {
-    /// `--jobs` when not given.
-    jobs: Option<i64>,
+    /// `--jobs` when not given (checked by hand, so a wrong type names the key too).
+    jobs: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -352,7 +352,9 @@ impl Graph {
         }
         let default_jobs = match file.defaults.and_then(|d| d.jobs) {
             None => None,
-            Some(n) if (1..=i64::from(u16::MAX)).contains(&n) => Some(n as u32),
+            Some(toml::Value::Integer(n)) if (1..=i64::from(u16::MAX)).contains(&n) => {
+                Some(n as u32)
+            }
             Some(n) => {
                 return Err(file_err(format!(
                     "key 'defaults.jobs' is {n}; it must be a whole number from 1 to {} (how many jobs run at once when --jobs is not given)",

@@ -105,6 +105,9 @@ fn after_kill_9_status_and_builds_say_interrupted_not_building() {
     let ex = e.run(&["explain", "a/1"]);
     ex.ok();
     assert!(ex.stdout.contains("no engine running"), "explain agrees with status: {}", ex.stdout);
+    let only = e.run(&["status", "--status", "interrupted"]);
+    only.ok();
+    assert!(only.stdout.lines().any(|l| l.starts_with("a/1")), "{}", only.stdout);
     let b = e.run(&["builds"]);
     b.ok();
     assert!(b.stdout.contains("INTERRUPTED") && !b.stdout.contains("EXECUTING"), "{}", b.stdout);
@@ -181,6 +184,14 @@ fn defaults_in_the_graph_file_set_jobs_and_are_checked() {
     let out = e.run(&["build", "a/4"]);
     out.code(2);
     assert!(out.error_line().contains("key 'defaults.jobs' is 0"), "{}", out.stderr);
+    e.write("databuild.toml", &format!("[defaults]\njobs = \"4\"\n\n{toml}"));
+    let out = e.run(&["build", "a/4"]);
+    out.code(2);
+    assert!(
+        out.error_line().contains("key 'defaults.jobs'"),
+        "a wrong type names the key: {}",
+        out.stderr
+    );
     e.write("databuild.toml", &format!("[defaults]\njbos = 2\n\n{toml}"));
     let out = e.run(&["build", "a/4"]);
     out.code(2);
