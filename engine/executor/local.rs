@@ -126,13 +126,15 @@ impl Local {
                     Err(e) => break Err(e),
                 };
                 // Anything left in the job's group after its leader exits is terminated, while
-                // the leader is a zombie (so its pid, the group's id, cannot be reused yet).
-                if sys::is_zombie(pid) && !sys::group_members(pid).is_empty() {
-                    leftovers = true;
-                    let _ = sys::signal_group(pid, sys::SIGKILL);
-                }
+                // the leader is a zombie (so its pid, the group's id, cannot be reused yet): one
+                // kill(2), no scan of /proc on this path.
+                let _ = sys::signal_group(pid, sys::SIGKILL);
                 match sys::reap(pid) {
-                    Ok(Some(status)) => break Ok(status),
+                    Ok(Some(status)) => {
+                        // Members the kill reached are still being torn down: the group exists.
+                        leftovers = sys::group_exists(pid);
+                        break Ok(status);
+                    }
                     Ok(None) => ready.clear_ready(),
                     Err(e) => break Err(e),
                 }

@@ -281,3 +281,20 @@ fn a_timed_out_job_that_exits_0_on_sigterm_still_failed() {
     assert_eq!(failed[0]["event"]["jobEvent"]["failure"], "JOB_FAILURE_TIMED_OUT");
     assert!(events_of(&evs, "jobEvent", Some("JOB_COMPLETED")).is_empty());
 }
+
+/// What a job leaves running in its group when it exits is killed, and its run says so.
+#[test]
+fn processes_a_job_leaves_behind_are_stopped() {
+    let e = Env::generic(&[("raw", r"raw/\d+")]);
+    let job = e.read("jobs/generic.sh").replace(
+        "r=$1\necho \"$r\" >> ledger.txt\n",
+        "r=$1\necho \"$r\" >> ledger.txt\nsleep 300.77 &\n",
+    );
+    e.script("jobs/generic.sh", &job);
+    e.run(&["build", "raw/1"]).ok();
+    let left = std::process::Command::new("pgrep").args(["-f", "sleep 300.77"]).output().unwrap();
+    assert!(!left.status.success(), "a leftover outlived its job");
+    let evs = events(&e);
+    let done = events_of(&evs, "jobEvent", Some("JOB_COMPLETED"));
+    assert!(done[0]["event"]["jobEvent"]["message"].as_str().unwrap_or("").contains("leftover"));
+}
