@@ -1489,13 +1489,8 @@ impl Loop {
     /// The first output of task `n` of `e` whose `output_path` is missing: `output missing: PATH`.
     fn missing_output(&self, e: usize, n: usize) -> Option<String> {
         let node = &self.execs[e].plan.nodes[n];
-        let job = self.graph.job(&node.job).map(|j| &self.graph.jobs[j])?;
-        let out = job.output_path.as_ref()?;
-        node.outputs.iter().find_map(|o| match out.of(o) {
-            Ok(p) if self.graph.dir.join(&p).exists() => None,
-            Ok(p) => Some(format!("output missing: {p}")),
-            Err(why) => Some(why),
-        })
+        let job = self.graph.job(&node.job)?;
+        node.outputs.iter().find_map(|o| self.graph.missing_output(job, o))
     }
 
     fn cancel_run(&mut self, l: &Live, duration: Duration) {

@@ -468,6 +468,16 @@ impl Graph {
         }
     }
 
+    /// Why `r`'s data is not where its job's `output_path` says: `output missing: PATH` (or why
+    /// its path is refused). `None` when it is there, or the job has no `output_path`.
+    pub fn missing_output(&self, job: usize, r: &str) -> Option<String> {
+        match self.jobs.get(job)?.output_path.as_ref()?.of(r) {
+            Ok(p) if self.dir.join(&p).exists() => None,
+            Ok(p) => Some(format!("output missing: {p}")),
+            Err(why) => Some(why),
+        }
+    }
+
     /// The job with this label.
     pub fn job(&self, label: &str) -> Option<usize> {
         self.jobs.iter().position(|j| j.label == label)

@@ -370,12 +370,7 @@ impl<'g> Planner<'g> {
 
     /// Why `r`'s data is not where its job's `output_path` says (None without `output_path`).
     fn missing_output(&self, r: &str) -> Option<String> {
-        let job = &self.graph.jobs[self.graph.owner(r).ok()?];
-        match job.output_path.as_ref()?.of(r) {
-            Ok(p) if self.graph.dir.join(&p).exists() => None,
-            Ok(p) => Some(format!("output missing: {p}")),
-            Err(why) => Some(why),
-        }
+        self.graph.missing_output(self.graph.owner(r).ok()?, r)
     }
 }
 

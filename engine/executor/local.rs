@@ -60,8 +60,11 @@ impl Local {
         // The child creates the run's own directory; the logs directory must exist.
         std::fs::create_dir_all(&self.logs_dir)?;
         let stdin_bytes = serde_json::to_vec(spec.config).map_err(std::io::Error::other)?;
-        // The environment: the process's, the graph's `env`, the config's `env`, then ours.
-        let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+        // The environment: the process's (read once), the graph's `env`, the config's `env`,
+        // then ours.
+        static PROCESS_ENV: std::sync::OnceLock<BTreeMap<OsString, OsString>> =
+            std::sync::OnceLock::new();
+        let mut env = PROCESS_ENV.get_or_init(|| std::env::vars_os().collect()).clone();
         for (k, v) in spec.job.env.iter().chain(&spec.config.env) {
             env.insert(k.into(), v.into());
         }
