@@ -115,12 +115,8 @@ pub struct GraphArgs {
     /// Partition refs to plan (ranges like {1..9} expand); without any, list the jobs
     #[arg(value_name = "REF")]
     pub refs: Vec<String>,
-    /// Plan as `build --force` would
-    #[arg(long)]
-    pub force: bool,
-    /// Run at most N config calls at once [default: number of CPUs]
-    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub jobs: Option<u32>,
+    #[command(flatten)]
+    pub plan: PlanOpts,
 }
 
 /// `cancel`.
@@ -165,18 +161,25 @@ pub struct BuildArgs {
     pub dry_run: bool,
 }
 
-/// `analyze`.
+/// How `analyze` and `graph REF...` plan.
 #[derive(Debug, Args)]
-pub struct AnalyzeArgs {
-    /// Partition refs to plan
-    #[arg(required = true, value_name = "REF")]
-    pub refs: Vec<String>,
+pub struct PlanOpts {
     /// Plan as `build --force` would
     #[arg(long)]
     pub force: bool,
     /// Run at most N config calls at once [default: number of CPUs]
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
+}
+
+/// `analyze`.
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// Partition refs to plan
+    #[arg(required = true, value_name = "REF")]
+    pub refs: Vec<String>,
+    #[command(flatten)]
+    pub plan: PlanOpts,
 }
 
 /// `replay`.

@@ -385,9 +385,9 @@ pub fn analyze(ctx: &Ctx, mut a: AnalyzeArgs) -> Result<u8, CliError> {
     }
     let (state, _) = crate::cmd_history::load(ctx)?;
     let rt = runtime()?;
-    let jobs = jobs(a.jobs, &graph);
+    let jobs = jobs(a.plan.jobs, &graph);
     let plan = rt
-        .block_on(databuild::planner::analyze(&graph, state, &a.refs, a.force, jobs))
+        .block_on(databuild::planner::analyze(&graph, state, &a.refs, a.plan.force, jobs))
         .map_err(|e| exit::plan_error(&e))?;
     if ctx.verbose > 0 {
         for l in crate::progress::dropped_lines(&plan.dropped) {

@@ -12,7 +12,7 @@ pub fn graph(ctx: &Ctx, a: GraphArgs) -> Result<u8, CliError> {
     ctx.formats("graph", &[Format::Text, Format::Json, Format::Mermaid])?;
     if !a.refs.is_empty() {
         // The planned DAG is exactly what `analyze` prints.
-        let plan = AnalyzeArgs { refs: a.refs, force: a.force, jobs: a.jobs };
+        let plan = AnalyzeArgs { refs: a.refs, plan: a.plan };
         return crate::cmd_build::analyze(ctx, plan);
     }
     let g = ctx.graph()?;
@@ -66,5 +66,6 @@ pub fn graph(ctx: &Ctx, a: GraphArgs) -> Result<u8, CliError> {
 
 /// `build -n`: plan as `build` would, print the plan as `analyze` does, run and write nothing.
 pub fn dry_run(ctx: &Ctx, a: BuildArgs) -> Result<u8, CliError> {
-    crate::cmd_build::analyze(ctx, AnalyzeArgs { refs: a.refs, force: a.force, jobs: a.jobs })
+    let plan = crate::args::PlanOpts { force: a.force, jobs: a.jobs };
+    crate::cmd_build::analyze(ctx, AnalyzeArgs { refs: a.refs, plan })
 }

@@ -119,18 +119,7 @@ exec jobs/generic.sh "$@"
 fn run_with_full_disk(e: &Env, args: &[&str]) -> Out {
     let seg = e.log_dir().join("0000000000000000.seg");
     let blocks = std::fs::metadata(&seg).unwrap().len().div_ceil(512);
-    let mut c = std::process::Command::new("sh");
-    c.arg("-c")
-        .arg(format!("ulimit -f {blocks}; trap '' XFSZ; exec \"$0\" \"$@\""))
-        .arg(BIN)
-        .args(args)
-        .current_dir(e.path())
-        .env_remove("DATABUILD_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    finish(c.spawn().unwrap(), DEADLINE)
+    e.run_limited(&format!("ulimit -f {blocks}; trap '' XFSZ"), args)
 }
 
 /// A log that fails while a request is being planned (disk full) ends the request at once with

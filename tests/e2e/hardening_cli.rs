@@ -149,17 +149,7 @@ fn explain_reads_only_the_tail_of_a_huge_output() {
     f.write_at(b"\nline one\nline two\nthe last line\n", 1 << 30).unwrap();
     drop(f);
     // Under a 512 MiB address-space limit, reading the whole file would fail.
-    let bin = BIN;
-    let mut c = std::process::Command::new("sh");
-    c.arg("-c")
-        .arg(format!("ulimit -v 524288 && exec '{bin}' explain raw/1"))
-        .current_dir(e.path())
-        .env_remove("DATABUILD_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let out = finish(c.spawn().unwrap(), DEADLINE);
+    let out = e.run_limited("ulimit -v 524288", &["explain", "raw/1"]);
     out.ok();
     assert!(out.stdout.contains("the last line"), "{}", out.stdout);
     assert!(out.stdout.contains("line two"), "{}", out.stdout);

@@ -213,6 +213,23 @@ impl Env {
         c.spawn().expect("spawn databuild")
     }
 
+    /// Runs databuild through `sh -c 'LIMITS; exec databuild ARGS...'` (e.g. `ulimit -f N`), so
+    /// it starts under those limits.
+    pub fn run_limited(&self, limits: &str, args: &[&str]) -> Out {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("{limits}; exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("DATABUILD_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        finish(c.spawn().expect("spawn sh"), DEADLINE)
+    }
+
     /// The log directory.
     pub fn log_dir(&self) -> PathBuf {
         self.path().join(".databuild/log")
