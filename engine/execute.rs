@@ -368,6 +368,7 @@ fn check_task<'a>(graph: &Graph, number: usize, t: &'a Task) -> Result<Checked<'
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planner::tests::{cfg, graph};
     use crate::proto::{DataDep, JobConfig, JobLabel};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -387,44 +388,6 @@ mod tests {
 
     fn available(refs: &[&str]) -> Fake {
         Fake(refs.iter().map(|r| r.to_string()).collect())
-    }
-
-    fn graph() -> Result<(tempfile::TempDir, Graph), Box<dyn std::error::Error>> {
-        let d = tempfile::tempdir()?;
-        let job = d.path().join("job.sh");
-        std::fs::write(&job, "#!/bin/sh\n")?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755))?;
-        let text = r#"
-[graph]
-label = "g"
-[[jobs]]
-label = "raw"
-entrypoint = "job.sh"
-partition_patterns = ['raw/\d+']
-[[jobs]]
-label = "sum"
-entrypoint = "job.sh"
-partition_patterns = ['sum/\d+', 'side/\d+']
-"#;
-        let g = Graph::parse(&d.path().join("databuild.toml"), text)?;
-        Ok((d, g))
-    }
-
-    fn cfg(outputs: &[&str], mat: &[&str], query: &[&str]) -> JobConfig {
-        let dep = |r: &&str, t: DepType| DataDep {
-            dep_type: t as i32,
-            partition_ref: Some(PartitionRef { str: r.to_string() }),
-        };
-        JobConfig {
-            outputs: outputs.iter().map(|o| PartitionRef { str: o.to_string() }).collect(),
-            inputs: mat
-                .iter()
-                .map(|r| dep(r, DepType::Materialize))
-                .chain(query.iter().map(|r| dep(r, DepType::Query)))
-                .collect(),
-            ..JobConfig::default()
-        }
     }
 
     fn task(job: &str, config: JobConfig) -> Task {

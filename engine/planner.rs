@@ -595,19 +595,22 @@ pub async fn analyze(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::proto::{DataDep, JobConfig};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-    fn graph() -> Result<(tempfile::TempDir, Graph), Box<dyn std::error::Error>> {
+    /// A graph of two jobs for tests (label "g"): `raw` owns raw/N, `sum` owns sum/N and side/N.
+    pub(crate) fn graph() -> Result<(tempfile::TempDir, Graph), Box<dyn std::error::Error>> {
         let d = tempfile::tempdir()?;
         let job = d.path().join("job.sh");
         std::fs::write(&job, "#!/bin/sh\n")?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755))?;
         let text = r#"
+[graph]
+label = "g"
 [[jobs]]
 label = "raw"
 entrypoint = "job.sh"
@@ -621,7 +624,8 @@ partition_patterns = ['sum/\d+', 'side/\d+']
         Ok((d, g))
     }
 
-    fn cfg(outputs: &[&str], mat: &[&str], query: &[&str]) -> JobConfig {
+    /// A config with these outputs and MATERIALIZE and QUERY inputs.
+    pub(crate) fn cfg(outputs: &[&str], mat: &[&str], query: &[&str]) -> JobConfig {
         let dep = |r: &&str, t: DepType| DataDep {
             dep_type: t as i32,
             partition_ref: Some(PartitionRef { str: r.to_string() }),
