@@ -1,6 +1,7 @@
 //! The `databuild` command: parse, run, map the result to an exit code.
 
 mod args;
+mod client;
 mod cmd_admin;
 mod cmd_audit;
 mod cmd_build;
@@ -10,6 +11,7 @@ mod cmd_gc;
 mod cmd_graph;
 mod cmd_history;
 mod cmd_recover;
+mod cmd_serve;
 mod context;
 mod exit;
 mod live;
@@ -57,6 +59,7 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
         C::Gc(a) => cmd_gc::gc(&ctx, a),
         C::Cancel(a) => cmd_cancel::cancel(&ctx, a),
         C::Execute(a) => cmd_build::execute(&ctx, a),
+        C::Serve(a) => cmd_serve::serve(&ctx, a),
         C::Completions(_) => unreachable!("handled above"),
         C::Graph(a) => cmd_graph::graph(&ctx, a),
     }

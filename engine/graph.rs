@@ -190,6 +190,21 @@ pub enum LookupError {
     Conflict(String, String),
 }
 
+impl LookupError {
+    /// What to do about it, as `; ...` to follow the message (the CLI's and the server's).
+    pub fn hint(&self) -> &'static str {
+        match self {
+            LookupError::NoOwner(_) => {
+                "; check the ref, or add a job whose partition_patterns match it"
+            }
+            LookupError::Conflict(..) => "; make the jobs' partition_patterns disjoint",
+            LookupError::Invalid(..) => {
+                "; refs are non-empty, without whitespace, control, invisible or bidi characters"
+            }
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileToml {
