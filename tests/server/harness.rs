@@ -127,3 +127,144 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// One runtime for the tests' gRPC clients.
+pub fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+pub use databuild::proto::data_build_control_client::DataBuildControlClient;
+pub use databuild::proto::data_build_service_client::DataBuildServiceClient;
+use databuild::proto::{
+    BuildEvent, BuildRequestStatus, StreamEventsRequest, build_event::EventType,
+};
+use tonic::transport::Channel;
+
+impl Server {
+    /// A channel to the server (connected lazily; every call has a deadline of its own).
+    pub fn channel(&self) -> Channel {
+        let _guard = rt().enter();
+        Channel::from_shared(self.url()).unwrap().connect_lazy()
+    }
+
+    pub fn control(&self) -> DataBuildControlClient<Channel> {
+        DataBuildControlClient::new(self.channel())
+    }
+
+    pub fn service(&self) -> DataBuildServiceClient<Channel> {
+        DataBuildServiceClient::new(self.channel())
+    }
+
+    /// `msg` with the token and a deadline.
+    pub fn authed<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().unwrap());
+        r.set_timeout(DEADLINE);
+        r
+    }
+
+    /// Every durable event (StreamEvents from the start, not following), as (seq, event).
+    pub fn events(&self) -> Vec<(u64, BuildEvent)> {
+        let mut c = self.control();
+        rt().block_on(async move {
+            let mut req = tonic::Request::new(StreamEventsRequest {
+                since_seq: 0,
+                follow: false,
+                build_request_id: String::new(),
+            });
+            req.set_timeout(DEADLINE);
+            let mut s = c.stream_events(req).await.expect("StreamEvents").into_inner();
+            let mut out = Vec::new();
+            while let Some(e) = s.message().await.expect("StreamEvents item") {
+                out.push((e.seq, e.event.unwrap()));
+            }
+            out
+        })
+    }
+
+    /// Polls the log until `f` holds (failing the test at the deadline).
+    pub fn wait_for(&self, what: &str, mut f: impl FnMut(&[(u64, BuildEvent)]) -> bool) {
+        let start = Instant::now();
+        loop {
+            if f(&self.events()) {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; server: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The status of a build request event.
+pub fn request_status(e: &BuildEvent) -> Option<BuildRequestStatus> {
+    match &e.event_type {
+        Some(EventType::BuildRequestEvent(r)) => Some(r.status()),
+        _ => None,
+    }
+}
+
+/// Each request's last request status, by id.
+pub fn request_ends(
+    evs: &[(u64, BuildEvent)],
+) -> std::collections::BTreeMap<String, BuildRequestStatus> {
+    let mut m = std::collections::BTreeMap::new();
+    for (_, e) in evs {
+        if let Some(s) = request_status(e) {
+            m.insert(e.build_request_id.clone(), s);
+        }
+    }
+    m
+}
+
+/// The generic test job (`crate::util::GENERIC_JOB`: a ledger line per exec, `fail/<key>` fails
+/// it, `deps/<key>` declares inputs) that also waits while `hold/<key>` exists (at most a minute),
+/// so a test decides when a run may finish.
+pub fn held_job() -> String {
+    let sleep = r#"if [ -n "$SLEEP" ]; then sleep "$SLEEP"; fi"#;
+    assert!(crate::util::GENERIC_JOB.contains(sleep));
+    crate::util::GENERIC_JOB.replace(
+        sleep,
+        &format!(
+            "{sleep}\ni=0; while [ -f \"hold/$key\" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"
+        ),
+    )
+}
+
+/// A lattice of generic jobs: `a/0..a/3`; `b/i` reads `a/i` and `a/(i+1)%4`; `c/i` reads `b/i`
+/// and `b/(i+1)%4`; `d/0` reads every `c/i`. 13 runs in all, every `a` and `b` shared.
+pub fn lattice() -> Env {
+    let env = Env::generic(&[("a", r"a/\d+"), ("b", r"b/\d+"), ("c", r"c/\d+"), ("d", r"d/\d+")]);
+    env.script("jobs/generic.sh", &held_job());
+    for i in 0..4 {
+        let j = (i + 1) % 4;
+        env.dep(&format!("b/{i}"), "MATERIALIZE", &format!("a/{i}"));
+        env.dep(&format!("b/{i}"), "MATERIALIZE", &format!("a/{j}"));
+        env.dep(&format!("c/{i}"), "MATERIALIZE", &format!("b/{i}"));
+        env.dep(&format!("c/{i}"), "MATERIALIZE", &format!("b/{j}"));
+        env.dep("d/0", "MATERIALIZE", &format!("c/{i}"));
+    }
+    env
+}
+
+/// Holds `refs` (their runs wait until [`release`]).
+pub fn hold(env: &Env, refs: &[&str]) {
+    for r in refs {
+        env.write(&format!("hold/{}", r.replace('/', "_")), "");
+    }
+}
+
+/// Lets every held run finish.
+pub fn release(env: &Env) {
+    let _ = std::fs::remove_dir_all(env.path().join("hold"));
+}

@@ -5,5 +5,6 @@
 #[path = "../e2e/util.rs"]
 mod util;
 
+mod concurrency;
 mod harness;
 mod python;
