@@ -270,3 +270,50 @@ fn a_failing_delegate_fails_exactly_its_dependants_elsewhere() {
     let (code, stderr) = server.stop();
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn a_partition_another_request_finishes_while_this_one_plans_is_not_built_again() {
+    // R0 runs a/1 (held). R1 asks for b/0 (a/0, a/1); it finds a/1 not AVAILABLE, then its
+    // config of `a` takes two seconds, during which a/1 is released and R0 ends. R1's plan commit
+    // must see a/1 AVAILABLE (a bug this test found: it ran a/1 a second time).
+    let env = lattice();
+    hold(&env, &["a/1"]);
+    env.write("slowconfig/a_0", "");
+    let server = Server::start(&env, &["--jobs", "4"]);
+    let submit = |r: &str| {
+        let mut ctl = server.control();
+        let req = server.authed(SubmitBuildRequest {
+            outputs: refs(&[r]),
+            force: false,
+            max_concurrent_runs: 0,
+        });
+        rt().block_on(ctl.submit_build(req)).expect("SubmitBuild").into_inner().build_request_id
+    };
+    let r0 = submit("a/1");
+    server.wait_for("a/1 running", |evs| {
+        evs.iter().any(|(_, e)| {
+            matches!(&e.event_type, Some(EventType::JobEvent(j)) if j.status() == JobStatus::JobRunning)
+        })
+    });
+    let r1 = submit("b/0");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    release(&env);
+    server.wait_for("both requests ended", |evs| {
+        let ends = request_ends(evs);
+        [&r0, &r1].iter().all(|r| {
+            ends.get(*r).is_some_and(|s| {
+                *s == BuildRequestStatus::BuildRequestCompleted
+                    || *s == BuildRequestStatus::BuildRequestFailed
+            })
+        })
+    });
+    let evs = server.events();
+    let ends = request_ends(&evs);
+    assert_eq!(ends[&r1], BuildRequestStatus::BuildRequestCompleted);
+    runners(&evs);
+    let mut ledger = env.ledger();
+    ledger.sort();
+    assert_eq!(ledger, ["a/0", "a/1", "b/0"], "a/1 ran once");
+    let (code, stderr) = server.stop();
+    assert_eq!(code, 0, "{stderr}");
+}

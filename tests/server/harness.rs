@@ -17,6 +17,8 @@ pub struct Server {
     pub token: String,
     pub socket: PathBuf,
     pub stderr: Arc<Mutex<String>>,
+    /// The graph directory.
+    pub dir: PathBuf,
 }
 
 impl Server {
@@ -47,6 +49,7 @@ impl Server {
             token: String::new(),
             socket: PathBuf::new(),
             stderr,
+            dir: env.path().to_path_buf(),
         };
         if rx.recv_timeout(DEADLINE).is_err() {
             panic!("the server did not start; stderr: {}", server.stderr());
@@ -229,11 +232,18 @@ pub fn request_ends(
 
 /// The generic test job (`crate::util::GENERIC_JOB`: a ledger line per exec, `fail/<key>` fails
 /// it, `deps/<key>` declares inputs) that also waits while `hold/<key>` exists (at most a minute),
-/// so a test decides when a run may finish.
+/// so a test decides when a run may finish; its `config` takes two seconds for a ref with a
+/// `slowconfig/<key>` file.
 pub fn held_job() -> String {
     let sleep = r#"if [ -n "$SLEEP" ]; then sleep "$SLEEP"; fi"#;
-    assert!(crate::util::GENERIC_JOB.contains(sleep));
-    crate::util::GENERIC_JOB.replace(
+    let config = "  [ -f config_fails ]";
+    assert!(crate::util::GENERIC_JOB.contains(sleep) && crate::util::GENERIC_JOB.contains(config));
+    crate::util::GENERIC_JOB
+        .replace(
+            config,
+            &format!("  for r in \"$@\"; do [ -f \"slowconfig/$(key_of \"$r\")\" ] && sleep 2; done\n{config}"),
+        )
+        .replace(
         sleep,
         &format!(
             "{sleep}\ni=0; while [ -f \"hold/$key\" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"
