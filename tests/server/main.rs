@@ -6,5 +6,6 @@
 mod util;
 
 mod concurrency;
+mod crash;
 mod harness;
 mod python;
