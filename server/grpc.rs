@@ -255,13 +255,24 @@ impl DataBuildControl for Grpc {
         self.authorize(&req)?;
         let r = req.into_inner();
         let refs: Vec<String> = r.outputs.into_iter().map(|p| p.str).collect();
-        self.lookup(&refs)?;
         let cap = (r.max_concurrent_runs > 0).then_some(r.max_concurrent_runs as usize);
         // Every event of the new request comes after what is durable now.
         let since_seq = self.0.store.durable_next_seq();
-        let spec = BuildSpec { refs, force: r.force, cap };
-        let id =
-            self.0.engine.submit(spec, Arc::new(engine::Quiet)).await.map_err(submit_status)?;
+        let quiet = Arc::new(engine::Quiet);
+        let id = match r.graph {
+            Some(_) if !refs.is_empty() => {
+                return Err(Status::invalid_argument(
+                    "send either outputs (to plan and build) or graph (to execute), not both",
+                ));
+            }
+            Some(graph) => self.0.engine.execute(graph, cap, quiet).await,
+            None => {
+                self.lookup(&refs)?;
+                let spec = BuildSpec { refs, force: r.force, cap };
+                self.0.engine.submit(spec, quiet).await
+            }
+        }
+        .map_err(submit_status)?;
         Ok(with_request_id(SubmitBuildResponse { build_request_id: id.clone(), since_seq }, &id))
     }
 
