@@ -333,3 +333,57 @@ fn a_non_loopback_address_is_warned_about() {
     );
     drop(s);
 }
+
+/// `GET path` over a plain TCP connection: the status line's code (0 if none came).
+fn http_get(addr: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else { return 0 };
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).unwrap_or(0);
+    std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|s| s.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn idle_connections_and_a_stalled_stream_cost_the_server_nothing_lasting() {
+    let env = chain();
+    let s = Server::start(&env, &[]);
+    let addr = s.addr();
+    // Hundreds of connections that never send a byte.
+    let idle: Vec<std::net::TcpStream> =
+        (0..400).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    assert!(idle.len() >= 300, "could only open {} connections", idle.len());
+    // A subscriber that asks for the event stream and then never reads.
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    {
+        use std::io::Write;
+        write!(stalled, "GET /api/v1/events/stream HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    }
+    // Half a request, then silence.
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    {
+        use std::io::Write;
+        write!(
+            half,
+            "POST /api/v1/builds HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\n{{"
+        )
+        .unwrap();
+    }
+    // Builds go on (many events for the stalled stream), and the server answers.
+    for r in ["b/1", "b/2"] {
+        env.run(&["build", r]).ok();
+    }
+    assert_eq!(http_get(&addr, "/healthz"), 200);
+    drop(idle);
+    drop(stalled);
+    drop(half);
+    assert_eq!(http_get(&addr, "/healthz"), 200);
+    let (code, stderr) = s.stop("TERM");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
