@@ -499,7 +499,7 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         if lim.rlim_cur < lim.rlim_max {
             let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return Ok(raised.rlim_cur as u64);
+                return Ok(raised.rlim_cur);
             }
         }
     }
