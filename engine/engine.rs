@@ -913,7 +913,7 @@ impl Loop {
     ) -> (Vec<BuildEvent>, Vec<(String, String)>, usize) {
         let building = self.building_elsewhere(e);
         let request = self.execs[e].request.clone();
-        let pc = plan_commit(&self.store, &request, plan, &building);
+        let pc = plan_commit(&self.store, &self.graph, &request, plan, &building);
         let mut x = pc.exec;
         let old = &mut self.execs[e];
         x.observer = old.observer.clone();
@@ -1601,6 +1601,7 @@ impl Loop {
         let mut j = ev::job(&x.request, &run, &node.job, &node.outputs);
         j.config = Some(node.config.clone());
         j.attempt = attempt;
+        j.version = self.graph.recorded_version(&node.job);
         let event = j.event(JobStatus::JobScheduled);
         x.nodes[n] = NodeState::Queued { run, attempt };
         x.ready.push_back(n);
@@ -1732,6 +1733,7 @@ pub struct PlanCommit {
 /// staged.
 pub fn plan_commit(
     store: &Store,
+    graph: &Graph,
     request: &str,
     plan: Plan,
     building: &HashMap<String, String>,
@@ -1766,6 +1768,7 @@ pub fn plan_commit(
         let id = store.new_id();
         let mut j = ev::job(&request, &id, label, refs);
         j.message = format!("skipped: already AVAILABLE (built by run {})", runs.join(", "));
+        j.version = graph.recorded_version(label);
         events.push(j.event(JobStatus::JobSkipped));
     }
     let mut analyzed = HashSet::new();
@@ -1802,6 +1805,7 @@ pub fn plan_commit(
             let mut j = ev::job(&request, &run, &node.job, &node.outputs);
             j.config = Some(node.config.clone());
             j.attempt = 1;
+            j.version = graph.recorded_version(&node.job);
             events.push(j.event(JobStatus::JobScheduled));
             x.nodes[i] = NodeState::Queued { run, attempt: 1 };
             x.ready.push_back(i);
