@@ -153,6 +153,9 @@ pub struct BuildArgs {
     /// Rebuild the requested partitions even if they are AVAILABLE (upstream ones are reused)
     #[arg(long)]
     pub force: bool,
+    /// Also rebuild the stale partitions the build needs, upstream first
+    #[arg(long)]
+    pub stale: bool,
     /// If another databuild is writing the log, wait for it instead of exiting with code 3
     #[arg(long)]
     pub wait: bool,
@@ -167,6 +170,9 @@ pub struct PlanOpts {
     /// Plan as `build --force` would
     #[arg(long)]
     pub force: bool,
+    /// Plan as `build --stale` would
+    #[arg(long)]
+    pub stale: bool,
     /// Run at most N config calls at once [default: number of CPUs]
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,

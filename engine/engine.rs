@@ -201,6 +201,8 @@ pub struct BuildSpec {
     pub refs: Vec<String>,
     /// Rebuild them even if AVAILABLE.
     pub force: bool,
+    /// Also rebuild every stale partition the plan needs (`build --stale`).
+    pub stale: bool,
     /// At most this many runs of this request at once (besides the engine's own limit).
     pub cap: Option<usize>,
 }
@@ -772,8 +774,9 @@ impl Loop {
             let state = self.store.state();
             refs.iter().all(|r| state.is_available(r))
         };
+        let rebuild = planner::Rebuild { force: spec.force, stale: spec.stale };
         if all_available
-            && let Ok(mut p) = planner::Planner::new(&self.graph, &refs, false)
+            && let Ok(mut p) = planner::Planner::new(&self.graph, &refs, rebuild)
             && let Ok(calls) = p.next_calls(&*self.store)
             && calls.is_empty()
         {
@@ -781,7 +784,7 @@ impl Loop {
             self.on_planned(e, &req, result);
             return;
         }
-        self.start_planning(e, req, refs, spec.force);
+        self.start_planning(e, req, refs, rebuild);
     }
 
     /// Stages a new request's acceptance and adds its execution (planning); answers its id once
@@ -811,7 +814,14 @@ impl Loop {
         req
     }
 
-    fn start_planning(&mut self, e: usize, req: String, refs: Vec<String>, force: bool) {
+    fn start_planning(
+        &mut self,
+        e: usize,
+        req: String,
+        refs: Vec<String>,
+        rebuild: impl Into<planner::Rebuild>,
+    ) {
+        let rebuild = rebuild.into();
         let (graph, store, tx) = (self.graph.clone(), self.store.clone(), self.tx.clone());
         let configure = self.settings.configure.clone();
         let jobs = self.settings.jobs;
@@ -824,7 +834,7 @@ impl Loop {
                 &graph,
                 &*store,
                 &refs,
-                force,
+                rebuild,
                 jobs,
                 Some(&r),
                 Some(&logs),

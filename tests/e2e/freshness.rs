@@ -66,3 +66,168 @@ fn output_path_mistakes_are_graph_file_errors() {
         assert!(!e.exists("ledger.txt"));
     }
 }
+
+/// raw/N <- sum/N <- top/N (MATERIALIZE), generic jobs, `version` set on `raw` when given.
+fn chain(raw_version: Option<&str>) -> Env {
+    let e = Env::generic(&[
+        ("raw", r"raw/(?P<n>\d+)"),
+        ("sum", r"sum/(?P<n>\d+)"),
+        ("top", r"top/(?P<n>\d+)"),
+    ]);
+    if let Some(v) = raw_version {
+        set_version(&e, "raw", v);
+    }
+    e.dep("sum/1", "MATERIALIZE", "raw/1");
+    e.dep("top/1", "MATERIALIZE", "sum/1");
+    e
+}
+
+/// Sets (or replaces) job `label`'s `version` line in the graph file.
+fn set_version(e: &Env, label: &str, v: &str) {
+    let mut out = String::new();
+    let mut in_job = false;
+    for l in e.read("databuild.toml").lines() {
+        if l.starts_with("label = ") {
+            in_job = l == format!("label = \"{label}\"");
+        }
+        if in_job && l.starts_with("version = ") {
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+        if in_job && l.starts_with("label = ") {
+            out.push_str(&format!("version = \"{v}\"\n"));
+        }
+    }
+    e.write("databuild.toml", &out);
+}
+
+/// `status REF --format json` as (stale, reasons).
+fn stale_of(e: &Env, r: &str, at: Option<&str>) -> (bool, Vec<String>) {
+    let mut args = vec!["status", r, "--format", "json"];
+    if let Some(at) = at {
+        args.extend(["--at", at]);
+    }
+    let rows = e.run(&args).ok().json_lines();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let reasons = rows[0]["staleReasons"]
+        .as_array()
+        .map(|v| v.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    (rows[0]["stale"] == true, reasons)
+}
+
+fn last_seq(e: &Env) -> u64 {
+    events(e).last().and_then(|v| v["seq"].as_u64()).unwrap()
+}
+
+#[test]
+fn the_version_is_recorded_with_each_run_and_checked_in_the_graph_file() {
+    let e = chain(Some("1"));
+    e.run(&["build", "sum/1"]).ok();
+    let evs = events(&e);
+    let scheduled = events_of(&evs, "jobEvent", Some("JOB_SCHEDULED"));
+    let version = |label: &str| {
+        scheduled
+            .iter()
+            .find(|v| v["event"]["jobEvent"]["jobLabel"]["label"] == label)
+            .map(|v| v["event"]["jobEvent"]["version"].clone())
+            .unwrap()
+    };
+    assert_eq!(version("raw"), "1");
+    assert_eq!(version("sum"), "", "a job without a version records none");
+    for (bad, says) in
+        [("version = \"\"", "empty"), ("version = \"a b\"", "spaces"), ("version = 1.5", "string")]
+    {
+        let g = chain(None);
+        let toml = g.read("databuild.toml").replacen(
+            "label = \"raw\"\n",
+            &format!("label = \"raw\"\n{bad}\n"),
+            1,
+        );
+        g.write("databuild.toml", &toml);
+        let out = g.run(&["build", "raw/1"]);
+        out.code(2);
+        let line = out.error_line();
+        assert!(
+            line.contains("version") && line.contains(says) && line.contains("raw"),
+            "{bad}: {line}"
+        );
+    }
+    // A whole number is read as its digits.
+    let g = chain(None);
+    let toml =
+        g.read("databuild.toml").replacen("label = \"raw\"\n", "label = \"raw\"\nversion = 3\n", 1);
+    g.write("databuild.toml", &toml);
+    g.run(&["build", "raw/1"]).ok();
+}
+
+#[test]
+fn a_version_change_makes_what_the_job_built_stale_downstream_too() {
+    let e = chain(Some("1"));
+    e.run(&["build", "top/1"]).ok();
+    assert_eq!(stale_of(&e, "top/1", None), (false, vec![]));
+    set_version(&e, "raw", "2");
+    // Seen from the graph file before anything records it.
+    assert_eq!(stale_of(&e, "raw/1", None), (true, vec!["job version 1 -> 2".to_string()]));
+    assert_eq!(stale_of(&e, "sum/1", None), (true, vec!["upstream raw/1 is stale".to_string()]));
+    assert_eq!(stale_of(&e, "top/1", None), (true, vec!["upstream sum/1 is stale".to_string()]));
+    let text = e.run(&["status", "sum/1"]).ok().stdout.clone();
+    assert!(text.contains("STALE") && text.contains("upstream raw/1 is stale"), "{text}");
+    // A build skips them, says so, and records the new version.
+    let out = e.run(&["build", "top/1"]);
+    out.ok();
+    assert!(
+        out.stderr.contains("note: skipped 1 stale partitions (--stale rebuilds them)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(e.ledger(), ["raw/1", "sum/1", "top/1"]);
+    // A skip of raw/1 records raw's new version: now the log alone says so (what `--at`
+    // reads), and explain gives the seq.
+    e.run(&["build", "raw/1"]).ok();
+    assert_eq!(e.ledger().len(), 3);
+    let recorded = last_seq(&e);
+    assert_eq!(
+        stale_of(&e, "raw/1", Some(&recorded.to_string())),
+        (true, vec!["job version 1 -> 2".to_string()])
+    );
+    let ex = e.run(&["explain", "raw/1", "--format", "json"]).ok().json_lines();
+    assert_eq!(ex[0]["stale"], true);
+    let seq = ex[0]["staleReasonSeqs"][0].as_u64().unwrap();
+    assert!(seq > 0 && seq <= recorded, "{:?}", ex[0]);
+    // --stale rebuilds all three, upstream first, each once; then nothing is stale.
+    let out = e.run(&["build", "top/1", "--stale"]);
+    out.ok();
+    assert_eq!(e.ledger(), ["raw/1", "sum/1", "top/1", "raw/1", "sum/1", "top/1"]);
+    for r in ["raw/1", "sum/1", "top/1"] {
+        assert_eq!(stale_of(&e, r, None), (false, vec![]), "{r}");
+    }
+    // The past is unchanged.
+    assert!(stale_of(&e, "top/1", Some(&recorded.to_string())).0);
+}
+
+#[test]
+fn a_forced_rebuild_of_an_input_makes_its_readers_stale() {
+    let e = chain(None);
+    e.run(&["build", "top/1"]).ok();
+    e.run(&["build", "raw/1", "--force"]).ok();
+    let avail = events_of(&events(&e), "partitionEvent", Some("PARTITION_AVAILABLE"))
+        .into_iter()
+        .filter(|v| v["event"]["partitionEvent"]["partitionRef"]["str"] == "raw/1")
+        .map(|v| v["seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(
+        stale_of(&e, "sum/1", None),
+        (true, vec![format!("input raw/1 rebuilt at seq {avail}")])
+    );
+    assert_eq!(stale_of(&e, "top/1", None), (true, vec!["upstream sum/1 is stale".to_string()]));
+    assert_eq!(stale_of(&e, "raw/1", None), (false, vec![]));
+    let text = e.run(&["explain", "sum/1"]).ok().stdout.clone();
+    assert!(text.contains(&format!("input raw/1 rebuilt at seq {avail} (seq {avail})")), "{text}");
+    // Only sum/1 and top/1 are built again.
+    e.run(&["build", "top/1", "--stale"]).ok();
+    assert_eq!(e.ledger(), ["raw/1", "sum/1", "top/1", "raw/1", "sum/1", "top/1"]);
+    assert_eq!(stale_of(&e, "top/1", None), (false, vec![]));
+}
