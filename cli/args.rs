@@ -99,6 +99,22 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// The graph's jobs and their patterns; with REF..., the plan a build would run (as analyze)
     Graph(GraphArgs),
+    /// Mark AVAILABLE partitions bad: the next build that needs them builds them again
+    Taint(TaintArgs),
+}
+
+/// `taint`.
+#[derive(Debug, Args)]
+pub struct TaintArgs {
+    /// Partition refs or globs (`*`, `?`) of AVAILABLE partitions
+    #[arg(required = true, value_name = "REF_OR_GLOB")]
+    pub refs: Vec<String>,
+    /// Also taint every partition built from them, transitively
+    #[arg(long)]
+    pub downstream: bool,
+    /// Why (recorded in the log, shown by explain and lineage)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 /// `completions`.

@@ -609,6 +609,9 @@ fn lineage_json(n: &LineageNode, downstream: bool) -> Value {
     v.insert("endTime".into(), n.end_time.into());
     v.insert("args".into(), n.args.clone().into());
     v.insert("envKeys".into(), n.env_keys.clone().into());
+    if let Some(s) = n.tainted_at_seq {
+        v.insert("taintedAtSeq".into(), s.into());
+    }
     if let Some(s) = n.rebuilt_since_seq {
         v.insert("rebuiltSinceSeq".into(), s.into());
     }
@@ -653,6 +656,9 @@ fn lineage_text(
                 render::time_s(n.end_time)
             ));
         }
+    }
+    if let Some(s) = n.tainted_at_seq {
+        line.push_str(&format!("  (TAINTED at seq {s})"));
     }
     if let Some(s) = n.rebuilt_since_seq {
         line.push_str(&format!("  (rebuilt since, at seq {s})"));

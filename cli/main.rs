@@ -10,6 +10,7 @@ mod cmd_gc;
 mod cmd_graph;
 mod cmd_history;
 mod cmd_recover;
+mod cmd_taint;
 mod context;
 mod exit;
 mod live;
@@ -59,5 +60,6 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
         C::Execute(a) => cmd_build::execute(&ctx, a),
         C::Completions(_) => unreachable!("handled above"),
         C::Graph(a) => cmd_graph::graph(&ctx, a),
+        C::Taint(a) => cmd_taint::taint(&ctx, a),
     }
 }

@@ -401,6 +401,10 @@ enum Msg {
         observer: Arc<dyn Observer>,
         reply: Reply<Result<Resumed, String>>,
     },
+    Taint {
+        spec: crate::freshness::TaintSpec,
+        reply: Reply<Vec<crate::freshness::Taint>>,
+    },
     Close,
     /// A planning task's answer (the request id guards against a reused slot).
     Planned {
@@ -433,6 +437,7 @@ impl std::fmt::Debug for Msg {
             Msg::Execute { .. } => "Execute",
             Msg::Cancel { .. } => "Cancel",
             Msg::Resume { .. } => "Resume",
+            Msg::Taint { .. } => "Taint",
             Msg::Close => "Close",
             Msg::Planned { .. } => "Planned",
             Msg::Released(_) => "Released",
@@ -485,6 +490,17 @@ impl EngineHandle {
     pub async fn cancel(&self, request: &str, reason: &str) -> Result<CancelOutcome, EngineError> {
         let (request, reason) = (request.to_string(), reason.to_string());
         self.ask(|reply| Msg::Cancel { request, reason, reply }).await
+    }
+
+    /// Taints `spec.refs` (and with `downstream`, what was built from them): one
+    /// PARTITION_TAINTED per AVAILABLE partition, recorded without a build request, in one commit.
+    /// Answers what it tainted once that is durable (empty: nothing matched an AVAILABLE
+    /// partition, and nothing was written).
+    pub async fn taint(
+        &self,
+        spec: crate::freshness::TaintSpec,
+    ) -> Result<Vec<crate::freshness::Taint>, EngineError> {
+        self.ask(|reply| Msg::Taint { spec, reply }).await
     }
 
     /// Resumes every interrupted request in the log (what `recover` and `serve` do at start).
@@ -700,6 +716,7 @@ impl Loop {
                 self.commit(Vec::new(), Some(Msg::Reply(Box::new(move || drop(reply.send(out))))));
             }
             Msg::Resume { observer, reply } => self.on_resume(observer, reply),
+            Msg::Taint { spec, reply } => self.on_taint(&spec, reply),
             Msg::Close => self.closing = true,
             Msg::Planned { exec, request, result } => self.on_planned(exec, &request, result),
             Msg::Released(run) => self.on_released(&run),
@@ -727,6 +744,35 @@ impl Loop {
                 self.fail_fatally(why);
             }
         }
+    }
+
+    /// Records the taints of `spec` (see [`EngineHandle::taint`]).
+    fn on_taint(
+        &mut self,
+        spec: &crate::freshness::TaintSpec,
+        reply: Reply<Vec<crate::freshness::Taint>>,
+    ) {
+        let targets = crate::freshness::taint_targets(&self.store.state(), spec);
+        if self.fatal.is_some() {
+            return; // the caller hears the engine closed
+        }
+        if targets.is_empty() {
+            let _ = reply.send(Vec::new());
+            return;
+        }
+        let events = targets
+            .iter()
+            .map(|t| {
+                ev::partition(
+                    "",
+                    &t.partition,
+                    PartitionStatus::PartitionTainted,
+                    &t.job_run_id,
+                    &t.message(&spec.reason),
+                )
+            })
+            .collect();
+        self.commit(events, Some(Msg::Reply(Box::new(move || drop(reply.send(targets))))));
     }
 
     // ---- requests ------------------------------------------------------------------------------

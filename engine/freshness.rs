@@ -145,3 +145,89 @@ impl<'s> Freshness<'s> {
 fn current_run<'a>(state: &'a State, partition: &str) -> Option<&'a Sym> {
     state.catalog.get(partition)?.available.last().map(|(_, r)| r)
 }
+
+/// What `databuild taint` asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaintSpec {
+    /// Exact refs (globs already matched against the log).
+    pub refs: Vec<String>,
+    /// Also every partition built from them, transitively, following lineage.
+    pub downstream: bool,
+    /// Why (recorded as the event's message; a default is used when empty).
+    pub reason: String,
+}
+
+/// One partition a taint marks: its AVAILABLE instance, and through what it was reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taint {
+    /// The ref.
+    pub partition: String,
+    /// The run that built the tainted instance.
+    pub job_run_id: String,
+    /// For `--downstream`: the tainted input it was built from (`None`: named by the user).
+    pub via: Option<String>,
+}
+
+impl Taint {
+    /// The message its PARTITION_TAINTED records.
+    pub fn message(&self, reason: &str) -> String {
+        let reason = if reason.trim().is_empty() { "tainted by `databuild taint`" } else { reason };
+        match &self.via {
+            None => reason.to_string(),
+            Some(x) => format!("{reason} (built from tainted {x})"),
+        }
+    }
+}
+
+/// The partitions `spec` taints, in order: each named ref the catalog shows AVAILABLE, then (with
+/// `downstream`) every AVAILABLE partition whose current instance was built by a run that read a
+/// tainted instance, transitively. Each once.
+pub fn taint_targets(state: &State, spec: &TaintSpec) -> Vec<Taint> {
+    let mut out: Vec<Taint> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    for r in &spec.refs {
+        let Some(c) = state.catalog.get(r.as_str()) else { continue };
+        let Some(f) = c.shown().filter(|f| f.status == PartitionStatus::PartitionAvailable) else {
+            continue;
+        };
+        if seen.insert(r.clone()) {
+            queue.push_back(out.len());
+            out.push(Taint {
+                partition: r.clone(),
+                job_run_id: f.job_run_id.to_string(),
+                via: None,
+            });
+        }
+    }
+    while spec.downstream
+        && let Some(i) = queue.pop_front()
+    {
+        let (part, producer) = (out[i].partition.clone(), out[i].job_run_id.clone());
+        let mut readers: Vec<&Sym> =
+            state.readers.get(part.as_str()).into_iter().flatten().collect();
+        readers.sort_unstable();
+        readers.dedup();
+        for id in readers {
+            let Some(run) = state.runs.get(id) else { continue };
+            if !run.inputs.iter().any(|x| *x.partition == *part && *x.producer_run == *producer) {
+                continue;
+            }
+            for t in &run.targets {
+                let shown = state.catalog.get(t).and_then(|c| c.shown().cloned());
+                let available_here = shown.is_some_and(|f| {
+                    f.status == PartitionStatus::PartitionAvailable && f.job_run_id == *id
+                });
+                if available_here && seen.insert(t.to_string()) {
+                    queue.push_back(out.len());
+                    out.push(Taint {
+                        partition: t.to_string(),
+                        job_run_id: id.to_string(),
+                        via: Some(part.clone()),
+                    });
+                }
+            }
+        }
+    }
+    out
+}

@@ -141,6 +141,8 @@ pub struct LineageNode {
     pub env_keys: Vec<String>,
     /// If the partition was rebuilt after this instance was read: the seq of that rebuild.
     pub rebuilt_since_seq: Option<u64>,
+    /// If this instance was tainted (`databuild taint`): the seq of the taint.
+    pub tainted_at_seq: Option<u64>,
     /// Whether this instance appeared earlier in the tree (text shows "see above").
     pub repeated: bool,
     /// Inputs (upstream) or what was built from it (downstream).
@@ -187,6 +189,11 @@ fn instance(
         seq,
         ..LineageNode::default()
     };
+    n.tainted_at_seq = state
+        .catalog
+        .get(partition)
+        .filter(|c| c.available.last().is_some_and(|(_, r)| &**r == run))
+        .and_then(|c| c.tainted);
     if let Some(r) = state.runs.get(run) {
         n.job_label = r.job_label.to_string();
         n.build_request_id = r.request.to_string();

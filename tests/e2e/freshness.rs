@@ -231,3 +231,71 @@ fn a_forced_rebuild_of_an_input_makes_its_readers_stale() {
     assert_eq!(e.ledger(), ["raw/1", "sum/1", "top/1", "raw/1", "sum/1", "top/1"]);
     assert_eq!(stale_of(&e, "top/1", None), (false, vec![]));
 }
+
+#[test]
+fn a_tainted_partition_is_built_again_and_its_readers_are_stale() {
+    let e = chain(None);
+    e.run(&["build", "top/1"]).ok();
+    // Nothing AVAILABLE matches: bad input, nothing written.
+    let before = events(&e).len();
+    let out = e.run(&["taint", "nope/*"]);
+    out.code(2);
+    assert!(out.error_line().contains("no AVAILABLE partition"), "{}", out.stderr);
+    assert_eq!(events(&e).len(), before);
+    let out = e.run(&["taint", "raw/*", "--reason", "bad rows"]);
+    out.ok();
+    assert!(out.stdout.contains("tainted raw/1"), "{}", out.stdout);
+    let evs = events(&e);
+    let t = events_of(&evs, "partitionEvent", Some("PARTITION_TAINTED"));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0]["event"]["partitionEvent"]["message"], "bad rows");
+    let taint_seq = t[0]["seq"].as_u64().unwrap();
+    let rows = e.run(&["status", "raw/1", "--format", "json"]).ok().json_lines();
+    assert_eq!(rows[0]["status"], "PARTITION_TAINTED");
+    assert_eq!(rows[0]["seq"], taint_seq);
+    assert_eq!(stale_of(&e, "sum/1", None), (true, vec!["upstream raw/1 is tainted".to_string()]));
+    assert_eq!(stale_of(&e, "top/1", None), (true, vec!["upstream sum/1 is stale".to_string()]));
+    let ex = e.run(&["explain", "raw/1", "--format", "json"]).ok().json_lines();
+    assert_eq!(ex[0]["reason"], "tainted");
+    assert_eq!(ex[0]["seq"], taint_seq);
+    assert!(ex[0]["message"].as_str().unwrap().contains("bad rows"), "{:?}", ex[0]);
+    let lin = e.run(&["lineage", "sum/1", "--format", "json"]).ok().json_lines();
+    assert_eq!(lin[0]["inputs"][0]["taintedAtSeq"], taint_seq, "{:?}", lin[0]);
+    assert!(e.run(&["lineage", "sum/1"]).ok().stdout.contains("TAINTED at seq"));
+    // Tainting it again: it is not AVAILABLE any more.
+    e.run(&["taint", "raw/1"]).code(2);
+    // sum/1 is AVAILABLE (stale): a build of it needs nothing, and says so.
+    let out = e.run(&["build", "sum/1"]);
+    out.ok();
+    assert!(out.stderr.contains("note: skipped 1 stale partitions"), "{}", out.stderr);
+    assert_eq!(e.ledger().len(), 3);
+    // The next build that needs raw/1 builds it again; --stale then rebuilds the rest.
+    e.run(&["build", "raw/1"]).ok();
+    assert_eq!(e.ledger(), ["raw/1", "sum/1", "top/1", "raw/1"]);
+    assert_eq!(stale_of(&e, "raw/1", None), (false, vec![]));
+    assert!(stale_of(&e, "sum/1", None).1[0].starts_with("input raw/1 rebuilt at seq "));
+    e.run(&["build", "top/1", "--stale"]).ok();
+    assert_eq!(e.ledger(), ["raw/1", "sum/1", "top/1", "raw/1", "sum/1", "top/1"]);
+    assert!(e.run(&["verify"]).ok().stdout.len() > 0);
+}
+
+#[test]
+fn taint_downstream_follows_lineage_and_prints_each_partition() {
+    let e = chain(None);
+    e.run(&["build", "top/1"]).ok();
+    let out = e.run(&["taint", "raw/1", "--downstream", "--format", "json"]);
+    out.ok();
+    let got: Vec<String> =
+        out.json_lines().iter().map(|v| v["partitionRef"].as_str().unwrap().to_string()).collect();
+    assert_eq!(got, ["raw/1", "sum/1", "top/1"]);
+    for r in ["raw/1", "sum/1", "top/1"] {
+        let rows = e.run(&["status", r, "--format", "json"]).ok().json_lines();
+        assert_eq!(rows[0]["status"], "PARTITION_TAINTED", "{r}");
+    }
+    // A build of the top rebuilds the whole chain, each once.
+    e.run(&["build", "top/1"]).ok();
+    assert_eq!(e.ledger(), ["raw/1", "sum/1", "top/1", "raw/1", "sum/1", "top/1"]);
+    for r in ["raw/1", "sum/1", "top/1"] {
+        assert_eq!(stale_of(&e, r, None), (false, vec![]), "{r}");
+    }
+}
