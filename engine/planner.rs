@@ -169,6 +169,26 @@ pub trait Catalog: Sync {
         let _ = graph;
         vec![None; refs.len()]
     }
+
+    /// The MATERIALIZE inputs the run behind `partition`'s current AVAILABLE instance read. A
+    /// catalog without history knows none.
+    fn materialize_inputs(&self, partition: &str) -> Vec<String> {
+        let _ = partition;
+        Vec::new()
+    }
+}
+
+fn materialize_inputs(state: &State, partition: &str) -> Vec<String> {
+    let Some((_, run)) = state.catalog.get(partition).and_then(|c| c.available.last().cloned())
+    else {
+        return Vec::new();
+    };
+    let Some(r) = state.runs.get(&run) else { return Vec::new() };
+    r.inputs
+        .iter()
+        .filter(|i| i.dep_type == DepType::Materialize)
+        .map(|i| i.partition.to_string())
+        .collect()
 }
 
 fn stale_reasons(state: &State, graph: &Graph, refs: &[String]) -> Vec<Option<String>> {
@@ -187,6 +207,9 @@ impl Catalog for State {
     fn stale_reasons(&self, graph: &Graph, refs: &[String]) -> Vec<Option<String>> {
         stale_reasons(self, graph, refs)
     }
+    fn materialize_inputs(&self, partition: &str) -> Vec<String> {
+        materialize_inputs(self, partition)
+    }
 }
 
 impl Catalog for crate::store::Store {
@@ -195,6 +218,9 @@ impl Catalog for crate::store::Store {
     }
     fn stale_reasons(&self, graph: &Graph, refs: &[String]) -> Vec<Option<String>> {
         stale_reasons(&self.state(), graph, refs)
+    }
+    fn materialize_inputs(&self, partition: &str) -> Vec<String> {
+        materialize_inputs(&self.state(), partition)
     }
 }
 
@@ -275,7 +301,37 @@ impl<'g> Planner<'g> {
 
     /// The calls needed next: one group per owning job (chunked by argv size). AVAILABLE refs are
     /// satisfied here without a call. Empty when planning is complete.
+    ///
+    /// With `--stale`, a satisfied ref one of whose inputs this plan rebuilds would be stale right
+    /// after the build (`input X rebuilt`), so it is planned again too, to a fixpoint.
     pub fn next_calls(&mut self, state: &dyn Catalog) -> Result<Vec<ConfigCall>, PlanError> {
+        loop {
+            let calls = self.next_calls_once(state)?;
+            if !calls.is_empty() || !self.rebuild_stale {
+                return Ok(calls);
+            }
+            let promote: Vec<String> = self
+                .satisfied
+                .iter()
+                .filter(|r| {
+                    state.materialize_inputs(r).iter().any(|i| self.producer.contains_key(i))
+                })
+                .cloned()
+                .collect();
+            if promote.is_empty() {
+                return Ok(calls);
+            }
+            for r in promote {
+                self.satisfied.remove(&r);
+                self.stale_skipped.remove(&r);
+                self.missing.push(format!("stale: {r} is built again (an input is rebuilt first)"));
+                self.forced.insert(r.clone());
+                self.queue.push_back((r, None));
+            }
+        }
+    }
+
+    fn next_calls_once(&mut self, state: &dyn Catalog) -> Result<Vec<ConfigCall>, PlanError> {
         let mut by_job: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         let popped: Vec<(String, Option<String>)> = std::iter::from_fn(|| self.queue.pop_front())
             .filter(|(r, _)| !self.producer.contains_key(r))
