@@ -93,7 +93,7 @@ fn status_error(s: &ServerInfo, st: &tonic::Status) -> CliError {
 /// What to submit.
 pub enum Submit {
     /// Plan and build these refs.
-    Build { refs: Vec<String>, force: bool },
+    Build { refs: Vec<String>, force: bool, stale: bool },
     /// Run exactly this graph.
     Execute(JobGraph),
 }
@@ -115,15 +115,17 @@ pub fn run(
     let result = rt.block_on(async {
         let mut client = DataBuildControlClient::new(connect(s).await?);
         let req = match what {
-            Submit::Build { refs, force } => SubmitBuildRequest {
+            Submit::Build { refs, force, stale } => SubmitBuildRequest {
                 outputs: refs.into_iter().map(|r| PartitionRef { str: r }).collect(),
                 force,
+                stale,
                 max_concurrent_runs: jobs.unwrap_or(0),
                 graph: None,
             },
             Submit::Execute(g) => SubmitBuildRequest {
                 outputs: Vec::new(),
                 force: false,
+                stale: false,
                 max_concurrent_runs: jobs.unwrap_or(0),
                 graph: Some(g),
             },
@@ -230,6 +232,36 @@ pub fn cancel(s: &ServerInfo, id: &str) -> Result<u8, CliError> {
             }
             Err(st) => Err(status_error(s, &st)),
         }
+    })
+}
+
+/// `taint` through the server: what it tainted.
+pub fn taint(
+    s: &ServerInfo,
+    spec: databuild::freshness::TaintSpec,
+) -> Result<Vec<databuild::freshness::Taint>, CliError> {
+    let rt = crate::cmd_build::runtime()?;
+    rt.block_on(async {
+        let mut client = DataBuildControlClient::new(connect(s).await?);
+        let req = databuild::proto::TaintPartitionsRequest {
+            partitions: spec.refs.into_iter().map(|r| PartitionRef { str: r }).collect(),
+            downstream: spec.downstream,
+            reason: spec.reason,
+        };
+        let answer = client
+            .taint_partitions(with_token(s, req))
+            .await
+            .map_err(|st| status_error(s, &st))?
+            .into_inner();
+        Ok(answer
+            .tainted
+            .into_iter()
+            .map(|t| databuild::freshness::Taint {
+                partition: t.partition.map(|p| p.str).unwrap_or_default(),
+                job_run_id: t.job_run_id,
+                via: t.built_from.map(|p| p.str),
+            })
+            .collect())
     })
 }
 

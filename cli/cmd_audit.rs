@@ -76,8 +76,13 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
         databuild::graph::check_ref(r).map_err(|e| exit::lookup_error(&e))?;
     }
     let (state, _) = crate::cmd_history::load(ctx)?;
-    let refs =
-        crate::refs::match_globs(state, &typed, crate::refs::graph_for_globs(ctx, &typed).as_ref());
+    let graph = ctx.graph().ok();
+    let refs = crate::refs::match_globs(state, &typed, graph.as_ref());
+    // The graph file's job versions count too (see `databuild::freshness`).
+    let fresh = match &graph {
+        Some(g) => databuild::freshness::Freshness::with_graph(state, g),
+        None => databuild::freshness::Freshness::of_log(state),
+    };
     if refs.is_empty() {
         return Err(CliError::bad_input(format!(
             "'{}' matches no partition in the log; `databuild status` lists them",
@@ -88,13 +93,13 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
         if i > 0 && ctx.format == Format::Text {
             out("");
         }
-        explain_one(ctx, state, r);
+        explain_one(ctx, &fresh, r);
     }
     Ok(exit::SUCCESS)
 }
 
-fn explain_one(ctx: &Ctx, state: &databuild::state::State, partition: &str) {
-    let e = query::explain(state, partition);
+fn explain_one(ctx: &Ctx, fresh: &databuild::freshness::Freshness<'_>, partition: &str) {
+    let e = query::explain_with(fresh, partition);
     let tail: Vec<String> = if e.reason == Reason::Failed && !e.job_run_id.is_empty() {
         let paths = databuild::executor::output_paths(&ctx.logs_dir, &e.job_run_id);
         let mut lines = Vec::new();
@@ -131,6 +136,13 @@ fn explain_one(ctx: &Ctx, state: &databuild::state::State, partition: &str) {
             if let Some(c) = e.exit_code {
                 v.insert("exitCode".into(), c.into());
             }
+            v.insert("stale".into(), e.stale.is_some().into());
+            if let Some(st) = &e.stale {
+                let why: Vec<String> = st.reasons.iter().map(|x| x.text()).collect();
+                v.insert("staleReasons".into(), why.into());
+                let seqs: Vec<u64> = st.reasons.iter().map(|x| x.seq()).collect();
+                v.insert("staleReasonSeqs".into(), seqs.into());
+            }
             out(&render::json(&v));
         }
         _ => {
@@ -142,6 +154,17 @@ fn explain_one(ctx: &Ctx, state: &databuild::state::State, partition: &str) {
                 e.reason.as_str()
             ));
             out(&format!("  {}", render::safe(&e.message)));
+            if let Some(st) = &e.stale {
+                out("  STALE:");
+                for x in &st.reasons {
+                    let at = match x.seq() {
+                        0 => "(graph file; not yet in the log)".to_string(),
+                        n => format!("(seq {n})"),
+                    };
+                    out(&format!("    {} {at}", render::safe(&x.text())));
+                }
+                out("  `databuild build --stale REF` rebuilds it");
+            }
             if e.reason == Reason::Building && !e.job_run_id.is_empty() {
                 out(&format!(
                     "  by job run {} (`databuild logs {}` for its output so far)",

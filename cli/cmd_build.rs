@@ -234,7 +234,7 @@ pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
         ));
     }
     if let Some(s) = server {
-        let what = crate::client::Submit::Build { refs: a.refs, force: a.force };
+        let what = crate::client::Submit::Build { refs: a.refs, force: a.force, stale: a.stale };
         return crate::client::run(ctx, &s, what, a.jobs, a.detach, "build", progress(ctx));
     }
     let rt = runtime()?;
@@ -249,7 +249,7 @@ pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
     }
     ctx.check_logs_dir()?;
     let progress = progress(ctx);
-    let spec = BuildSpec { refs: a.refs.clone(), force: a.force, cap: None };
+    let spec = BuildSpec { refs: a.refs.clone(), force: a.force, stale: a.stale, cap: None };
     let how = Run { wait: a.wait, jobs: a.jobs, verb: "build" };
     run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.submit(spec, o).await })
 }
@@ -401,8 +401,9 @@ pub fn analyze(ctx: &Ctx, mut a: AnalyzeArgs) -> Result<u8, CliError> {
     let (state, _) = crate::cmd_history::load(ctx)?;
     let rt = runtime()?;
     let jobs = jobs(a.plan.jobs, &graph);
+    let rebuild = databuild::planner::Rebuild { force: a.plan.force, stale: a.plan.stale };
     let plan = rt
-        .block_on(databuild::planner::analyze(&graph, state, &a.refs, a.plan.force, jobs))
+        .block_on(databuild::planner::analyze(&graph, state, &a.refs, rebuild, jobs))
         .map_err(|e| exit::plan_error(&e))?;
     if ctx.verbose > 0 {
         for l in crate::progress::dropped_lines(&plan.dropped) {
@@ -411,7 +412,10 @@ pub fn analyze(ctx: &Ctx, mut a: AnalyzeArgs) -> Result<u8, CliError> {
     }
     if !ctx.quiet {
         for w in &plan.warnings {
-            eprintln!("warning: {}", render::safe(w));
+            match w.strip_prefix("note: ") {
+                Some(n) => eprintln!("note: {}", render::safe(n)),
+                None => eprintln!("warning: {}", render::safe(w)),
+            }
         }
     }
     match ctx.format {

@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use databuild::freshness::Freshness;
 use databuild::proto::build_event::EventType;
 use databuild::proto::{BuildEvent, DepType, JobStatus, PartitionStatus};
 use databuild::query::{self, LineageNode, Until};
@@ -237,31 +238,45 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
     };
     // `interrupted` (as the text table shows it) is open work no engine is running.
     let interrupted = a.status.iter().any(|s| s.trim().eq_ignore_ascii_case("interrupted"));
+    let want_stale = a.status.iter().any(|s| s.trim().eq_ignore_ascii_case("stale"));
     let only: Vec<PartitionStatus> = a
         .status
         .iter()
-        .filter(|s| !s.trim().eq_ignore_ascii_case("interrupted"))
+        .filter(|s| {
+            !s.trim().eq_ignore_ascii_case("interrupted") && !s.trim().eq_ignore_ascii_case("stale")
+        })
         .map(|s| parse_status(s))
         .collect::<Result<_, _>>()?;
     let refs = {
         let typed = crate::refs::expand_args(&a.refs)?;
         crate::refs::match_globs(state, &typed, crate::refs::graph_for_globs(ctx, &typed).as_ref())
     };
+    // Now: the graph file's job versions count too (a changed `version` shows before any run
+    // records it). In the past (`--at`): the log alone.
+    let graph = if a.at.is_none() { ctx.graph().ok() } else { None };
+    let fresh = match &graph {
+        Some(g) => Freshness::with_graph(state, g),
+        None => Freshness::of_log(state),
+    };
     // Globs that match nothing give no rows (not every row, as no refs would).
     let mut rows = if !a.refs.is_empty() && refs.is_empty() {
         Vec::new()
     } else {
-        query::status_rows(state, &refs)
+        query::status_rows_with(&fresh, &refs)
     };
     if !a.refs.is_empty() && refs.is_empty() && !ctx.quiet {
         eprintln!("no partition in the log matches {}", render::safe(&a.refs.join(" ")));
     }
-    if !only.is_empty() || interrupted {
+    if !only.is_empty() || interrupted || want_stale {
         let dead = interrupted
             && a.at.is_none()
             && rows.iter().any(|r| databuild::state::is_open(r.status))
             && !crate::live::writer_alive(&ctx.log_dir);
-        rows.retain(|r| only.contains(&r.status) || (dead && databuild::state::is_open(r.status)));
+        rows.retain(|r| {
+            only.contains(&r.status)
+                || (dead && databuild::state::is_open(r.status))
+                || (want_stale && r.stale.is_some())
+        });
     }
     match ctx.format {
         Format::Json => {
@@ -277,6 +292,11 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
                 }
                 if r.seq > 0 {
                     v.insert("seq".into(), r.seq.into());
+                }
+                v.insert("stale".into(), r.stale.is_some().into());
+                if let Some(st) = &r.stale {
+                    let why: Vec<String> = st.reasons.iter().map(|x| x.text()).collect();
+                    v.insert("staleReasons".into(), why.into());
                 }
                 out(&json(&v));
             }
@@ -297,7 +317,13 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
                 Table::new(&["PARTITION", "STATUS", "SEQ", "JOB RUN", "BUILD REQUEST", "MESSAGE"]);
             for r in rows {
                 let seq = if r.seq > 0 { r.seq.to_string() } else { "-".into() };
-                let [status, message] = live.partition_cells(state, color, &r);
+                let [mut status, mut message] = live.partition_cells(state, color, &r);
+                if let Some(st) = &r.stale {
+                    status.0.push_str(" STALE");
+                    status.1 += " STALE".len();
+                    let why: Vec<String> = st.reasons.iter().map(|x| x.text()).collect();
+                    message = render::cell(&format!("stale: {}", why.join("; ")));
+                }
                 t.row(vec![
                     render::cell(&r.partition),
                     status,
@@ -319,7 +345,7 @@ fn parse_status(s: &str) -> Result<PartitionStatus, CliError> {
     let full = if up.starts_with("PARTITION_") { up } else { format!("PARTITION_{up}") };
     PartitionStatus::from_str_name(&full).ok_or_else(|| {
         CliError::bad_input(format!(
-            "--status {s:?} is not a partition status; use one of: AVAILABLE, BUILDING, FAILED, REQUESTED, ANALYZED, DELEGATED, UNKNOWN, or INTERRUPTED (open with no engine running)"
+            "--status {s:?} is not a partition status; use one of: AVAILABLE, BUILDING, FAILED, TAINTED, REQUESTED, ANALYZED, DELEGATED, UNKNOWN, INTERRUPTED (open with no engine running), or STALE (AVAILABLE but stale)"
         ))
     })
 }
@@ -583,6 +609,9 @@ fn lineage_json(n: &LineageNode, downstream: bool) -> Value {
     v.insert("endTime".into(), n.end_time.into());
     v.insert("args".into(), n.args.clone().into());
     v.insert("envKeys".into(), n.env_keys.clone().into());
+    if let Some(s) = n.tainted_at_seq {
+        v.insert("taintedAtSeq".into(), s.into());
+    }
     if let Some(s) = n.rebuilt_since_seq {
         v.insert("rebuiltSinceSeq".into(), s.into());
     }
@@ -627,6 +656,9 @@ fn lineage_text(
                 render::time_s(n.end_time)
             ));
         }
+    }
+    if let Some(s) = n.tainted_at_seq {
+        line.push_str(&format!("  (TAINTED at seq {s})"));
     }
     if let Some(s) = n.rebuilt_since_seq {
         line.push_str(&format!("  (rebuilt since, at seq {s})"));

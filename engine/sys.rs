@@ -503,7 +503,7 @@ pub fn raise_fd_limit() -> io::Result<u64> {
             }
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// A wait status as (exit code, signal).

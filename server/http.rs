@@ -110,6 +110,8 @@ struct BuildBody {
     partitions: Vec<String>,
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    stale: bool,
 }
 
 async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -132,7 +134,7 @@ async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             return error(StatusCode::BAD_REQUEST, crate::server::grpc::lookup_message(&e));
         }
     }
-    let spec = BuildSpec { refs: b.partitions, force: b.force, cap: None };
+    let spec = BuildSpec { refs: b.partitions, force: b.force, stale: b.stale, cap: None };
     match shared.engine.submit(spec, Arc::new(crate::engine::Quiet)).await {
         Ok(id) => {
             (StatusCode::ACCEPTED, axum::Json(json!({ "buildRequestId": id }))).into_response()

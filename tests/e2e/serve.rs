@@ -387,3 +387,23 @@ fn idle_connections_and_a_stalled_stream_cost_the_server_nothing_lasting() {
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn taint_and_build_stale_go_through_the_server() {
+    let env = chain();
+    env.run(&["build", "b/1"]).ok();
+    let s = Server::start(&env, &[]);
+    let out = env.run(&["taint", "a/1", "--downstream", "--reason", "bad input data"]);
+    out.ok();
+    assert!(out.stdout.contains("tainted a/1"), "{}", out.stdout);
+    assert!(out.stdout.contains("tainted b/1"), "{}", out.stdout);
+    let evs = events(&env);
+    let tainted = events_of(&evs, "partitionEvent", Some("PARTITION_TAINTED"));
+    assert_eq!(tainted.len(), 2, "{tainted:?}");
+    // Nothing AVAILABLE matches any more: exit 2, as without a server.
+    env.run(&["taint", "a/1"]).code(2);
+    // The next build through the server builds both again.
+    env.run(&["build", "b/1"]).ok();
+    assert_eq!(env.ledger(), ["a/1", "b/1", "a/1", "b/1"]);
+    drop(s);
+}
