@@ -521,9 +521,7 @@ impl Graph {
             let job_executor = match j.executor.as_deref() {
                 None => None,
                 Some(k) => Some(ExecutorKind::parse(k).ok_or_else(|| {
-                    job_err(format!(
-                        "key 'executor' is {k:?}; it must be \"local\" or \"slurm\""
-                    ))
+                    job_err(format!("key 'executor' is {k:?}; it must be \"local\" or \"slurm\""))
                 })?),
             };
             if j.cpus == Some(0) {
