@@ -477,7 +477,7 @@ impl Held for Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         if !self.released {
-            scancel_later(self.job_id.clone(), Stop::Kill);
+            scancel_later(self.job_id.clone(), Stop::Term);
         }
     }
 }
