@@ -217,15 +217,18 @@ impl Queued {
     }
 }
 
+/// One `squeue`: job id -> the job, or why Slurm could not be asked.
+type Snapshot = Arc<Result<HashMap<String, Queued>, ToolError>>;
+
 /// The latest `squeue` of every job, shared by the runs that wait.
 #[derive(Debug, Default)]
 struct Queue {
-    last: Mutex<Option<(Instant, Arc<Result<HashMap<String, Queued>, ToolError>>)>>,
+    last: Mutex<Option<(Instant, Snapshot)>>,
 }
 
 impl Queue {
     /// Slurm's jobs, at most [`POLL`] old. Blocking.
-    fn get(&self) -> Arc<Result<HashMap<String, Queued>, ToolError>> {
+    fn get(&self) -> Snapshot {
         let mut last = self.last.lock();
         if let Some((at, snap)) = &*last
             && at.elapsed() < POLL
