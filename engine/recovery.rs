@@ -38,7 +38,7 @@ pub fn reconcile(
     let live: Vec<Run> = store.state().live_runs().into_iter().cloned().collect();
     let mut out = Reconciled::default();
     let mut events = Vec::new();
-    let reader = store.reader().ok();
+    let reader = if live.is_empty() { None } else { store.reader().ok() };
     for run in &live {
         // The executor handle its JOB_RUNNING recorded, and the config its SCHEDULED holds.
         let recorded = |seq: u64| {

@@ -139,3 +139,66 @@ fn a_held_run_let_go_never_runs() {
     assert_ne!(report.code, Some(0), "{report:?}");
     assert!(!dir.path().join("ledger").exists(), "a run let go never runs");
 }
+
+fn recorded_running(run: &str) -> databuild::state::Run {
+    databuild::state::Run {
+        id: run.into(),
+        request: "r".into(),
+        job_label: "j".into(),
+        status: databuild::proto::JobStatus::JobRunning,
+        targets: vec!["p/1".into()],
+        attempt: 1,
+        first_seq: 1,
+        first_ts: 0,
+        running: Some((2, 0)),
+        ended: None,
+        failure: databuild::proto::JobFailureKind::JobFailureUnknown,
+        exit_code: None,
+        message: String::new(),
+        process: None,
+        manifest_times: None,
+        inputs: Vec::new(),
+    }
+}
+
+fn handle(job_id: &str) -> databuild::proto::ExecutorHandle {
+    databuild::proto::ExecutorHandle {
+        kind: "slurm".into(),
+        id: job_id.into(),
+        slurm: Some(databuild::proto::SlurmJob { job_id: job_id.into(), cluster: String::new() }),
+    }
+}
+
+#[test]
+fn a_reissued_or_forgotten_job_id_is_never_taken_for_the_run() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    if !slurm_up("slurm_reissued_ids") {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let s = slurm(logs.path());
+    // After a controller crash, the id recorded for our run now names someone else's job.
+    let other = std::process::Command::new("sbatch")
+        .args(["--parsable", "-J", "someone-else", "--output=/dev/null", "--wrap=sleep 20"])
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
+    let other_id = String::from_utf8_lossy(&other.stdout).trim().to_string();
+    let run = recorded_running(&run_id("reissued"));
+    let found = s.reconcile(&run, Some(&handle(&other_id)), Duration::from_secs(1));
+    let why = found.outcome.and_then(|r| r.wait_error).unwrap_or_default();
+    assert!(why.contains("is now another job"), "{why}");
+    // The other job was neither adopted nor stopped.
+    let state = std::process::Command::new("squeue")
+        .args(["-h", "-j", &other_id, "-o", "%T"])
+        .output()
+        .unwrap();
+    let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+    assert!(["PENDING", "RUNNING"].contains(&state.as_str()), "{state}");
+    let _ = std::process::Command::new("scancel").arg(&other_id).status();
+    // A submission the controller forgot: no job of that id at all.
+    let run = recorded_running(&run_id("forgotten"));
+    let found = s.reconcile(&run, Some(&handle("987654321")), Duration::from_secs(1));
+    let why = found.outcome.and_then(|r| r.wait_error).unwrap_or_default();
+    assert!(why.contains("Slurm has no record of job 987654321"), "{why}");
+}
