@@ -26,7 +26,7 @@ pub fn taint(ctx: &Ctx, a: TaintArgs) -> Result<u8, CliError> {
     }
     // Matched against what the log says now; the engine checks again under its lock.
     let (state, _) = crate::cmd_history::load(ctx)?;
-    let refs = crate::refs::match_globs(state, &typed, None);
+    let refs = databuild::refs::match_globs(state, &typed, None);
     let available: Vec<String> = refs
         .into_iter()
         .filter(|r| state.partition_status(r) == PartitionStatus::PartitionAvailable)

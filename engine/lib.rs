@@ -19,9 +19,11 @@ pub mod planner;
 pub mod proto;
 pub mod query;
 pub mod recovery;
+pub mod refs;
 pub mod scheduler;
 #[path = "../server/mod.rs"]
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod sys;
+pub mod views;
