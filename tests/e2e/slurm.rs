@@ -341,3 +341,21 @@ fn ctrl_c_while_recover_waits_for_an_adopted_run_leaves_it_running() {
     assert_eq!(e.ledger(), vec!["a/1"]);
     assert!(run_ids(&events(&e), "JOB_COMPLETED").contains(&run));
 }
+
+#[test]
+fn a_failed_slurm_run_is_explained_with_its_exit_code_and_output() {
+    let Some(_turn) = turn("slurm_failed_explain") else { return };
+    let e = graph(SLURM, &[("a", "a/.*", "")]);
+    e.fail("a/1");
+    e.run(&["build", "a/1"]).code(1);
+    let evs = events(&e);
+    let failed = events_of(&evs, "jobEvent", Some("JOB_FAILED"));
+    assert_eq!(failed[0]["event"]["jobEvent"]["failure"], "JOB_FAILURE_EXIT_NONZERO");
+    assert_eq!(failed[0]["event"]["jobEvent"]["exitCode"], 1);
+    let explain = e.run(&["explain", "a/1"]).stdout.clone();
+    assert!(explain.contains("exit"), "{explain}");
+    assert!(
+        explain.contains("failing a/1 on purpose"),
+        "the run's stderr, from Slurm's -e file: {explain}"
+    );
+}
