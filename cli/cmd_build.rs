@@ -113,6 +113,29 @@ impl Signals {
     }
 }
 
+/// Opens the engine. A SIGINT or SIGTERM while it reconciles what a crash left live (it waits for
+/// the Slurm runs it adopts) ends the command at once (exit 130/143): nothing was recorded yet,
+/// the Slurm runs keep running, and the next writer adopts them.
+pub async fn open_engine(
+    store: Arc<Store>,
+    graph: Arc<Graph>,
+    settings: Settings,
+    executor: Arc<dyn Executor>,
+    signals: &mut Signals,
+) -> Result<(Engine, databuild::recovery::Reconciled), databuild::engine::EngineError> {
+    let open = Engine::open(store, graph, settings, executor);
+    tokio::pin!(open);
+    tokio::select! {
+        r = &mut open => r,
+        sig = signals.next() => {
+            eprintln!(
+                "interrupted while reconciling the runs a crash left live; Slurm runs keep running, and the next `databuild recover` adopts them"
+            );
+            std::process::exit(128 + sig);
+        }
+    }
+}
+
 /// Waits for `count` requests to end, cancelling `ids` on a signal (a second signal stops their
 /// runs at once). Returns the ends in the order they came and the first signal.
 pub async fn wait_for_ends(
@@ -329,7 +352,9 @@ where
     let started = Instant::now();
     let result = rt.block_on(async {
         let (engine, reconciled) =
-            Engine::open(store.clone(), graph, settings, executor).await.map_err(|e| (e, None))?;
+            open_engine(store.clone(), graph, settings, executor, &mut signals)
+                .await
+                .map_err(|e| (e, None))?;
         crate::cmd_recover::report_reconciled(&reconciled, true);
         let handle = engine.handle();
         let (observer, mut ends) = databuild::engine::with_ends(capture.clone());

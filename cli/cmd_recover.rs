@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use databuild::engine::Engine;
 use databuild::recovery::{self, Reconciled};
 
 use crate::cmd_build::{Outcome, Signals, close, executor, open_store, settings};
@@ -55,7 +54,9 @@ pub fn recover(ctx: &Ctx, a: crate::args::RecoverArgs) -> Result<u8, CliError> {
     );
     let started = std::time::Instant::now();
     let result = rt.block_on(async {
-        let (engine, reconciled) = Engine::open(store.clone(), graph, settings, executor).await?;
+        let (engine, reconciled) =
+            crate::cmd_build::open_engine(store.clone(), graph, settings, executor, &mut signals)
+                .await?;
         report_reconciled(&reconciled, false);
         let handle = engine.handle();
         let (observer, mut ends) = databuild::engine::with_ends(progress.clone());

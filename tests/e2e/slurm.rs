@@ -315,3 +315,47 @@ fn sbatch_missing_or_refusing_fails_the_run_with_its_message() {
     assert!(msg.contains("Invalid account"), "{msg}");
     assert!(e.ledger().is_empty());
 }
+
+#[test]
+fn ctrl_c_while_recover_waits_for_an_adopted_run_leaves_it_running() {
+    let Some(_turn) = turn("slurm_recover_interrupted") else { return };
+    let e = graph(SLURM, &[("a", "a/.*", "")]);
+    e.write(&format!("sleep/{}", key("a/1")), "8");
+    let mut child = e.spawn(&["build", "a/1"], &[]);
+    wait_for("the run to start", Duration::from_secs(60), || e.ledger().len() == 1);
+    signal(&child, "KILL");
+    let _ = child.wait();
+    let run = run_ids(&events(&e), "JOB_RUNNING")[0].clone();
+    // recover adopts the run and waits for it; Ctrl-C ends recover at once, the run goes on.
+    let recover = e.spawn(&["recover"], &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    signal(&recover, "INT");
+    let start = Instant::now();
+    let out = finish(recover, DEADLINE);
+    assert_eq!(out.code, 130, "{}", out.stderr);
+    assert!(start.elapsed() < Duration::from_secs(5), "recover stopped at once");
+    assert!(out.stderr.contains("Slurm runs keep running"), "{}", out.stderr);
+    assert!(!active_slurm_jobs(&run).is_empty(), "the Slurm run is still running");
+    // The next recover adopts it; it ran once.
+    e.run(&["recover"]).ok();
+    assert_eq!(e.ledger(), vec!["a/1"]);
+    assert!(run_ids(&events(&e), "JOB_COMPLETED").contains(&run));
+}
+
+#[test]
+fn a_failed_slurm_run_is_explained_with_its_exit_code_and_output() {
+    let Some(_turn) = turn("slurm_failed_explain") else { return };
+    let e = graph(SLURM, &[("a", "a/.*", "")]);
+    e.fail("a/1");
+    e.run(&["build", "a/1"]).code(1);
+    let evs = events(&e);
+    let failed = events_of(&evs, "jobEvent", Some("JOB_FAILED"));
+    assert_eq!(failed[0]["event"]["jobEvent"]["failure"], "JOB_FAILURE_EXIT_NONZERO");
+    assert_eq!(failed[0]["event"]["jobEvent"]["exitCode"], 1);
+    let explain = e.run(&["explain", "a/1"]).stdout.clone();
+    assert!(explain.contains("exit"), "{explain}");
+    assert!(
+        explain.contains("failing a/1 on purpose"),
+        "the run's stderr, from Slurm's -e file: {explain}"
+    );
+}
