@@ -6,7 +6,7 @@ use std::time::Instant;
 use databuild::engine::{
     BuildSpec, Engine, EngineHandle, KILL_GRACE, Note, Observer, RequestEnd, Settings,
 };
-use databuild::executor::local::Local;
+use databuild::executor::Executor;
 use databuild::graph::Graph;
 use databuild::planner::{Plan, PlanError};
 use databuild::proto::BuildRequestStatus;
@@ -58,9 +58,9 @@ pub fn settings(ctx: &Ctx, jobs: Option<u32>) -> Settings {
     }
 }
 
-/// The local executor.
-pub fn local_executor(ctx: &Ctx) -> Result<Arc<Local>, CliError> {
-    Ok(Arc::new(Local { logs_dir: ctx.logs_dir.clone() }))
+/// The graph's executor: local and Slurm runs routed per job (CONTRACT §12).
+pub fn executor(ctx: &Ctx, graph: &Graph) -> Result<Arc<dyn Executor>, CliError> {
+    Ok(databuild::executor::route::for_graph(graph, &ctx.logs_dir))
 }
 
 /// How a command's requests ended, and the signal that cancelled them, if any.
@@ -109,6 +109,29 @@ impl Signals {
         tokio::select! {
             _ = self.int.recv() => databuild::sys::SIGINT,
             _ = self.term.recv() => databuild::sys::SIGTERM,
+        }
+    }
+}
+
+/// Opens the engine. A SIGINT or SIGTERM while it reconciles what a crash left live (it waits for
+/// the Slurm runs it adopts) ends the command at once (exit 130/143): nothing was recorded yet,
+/// the Slurm runs keep running, and the next writer adopts them.
+pub async fn open_engine(
+    store: Arc<Store>,
+    graph: Arc<Graph>,
+    settings: Settings,
+    executor: Arc<dyn Executor>,
+    signals: &mut Signals,
+) -> Result<(Engine, databuild::recovery::Reconciled), databuild::engine::EngineError> {
+    let open = Engine::open(store, graph, settings, executor);
+    tokio::pin!(open);
+    tokio::select! {
+        r = &mut open => r,
+        sig = signals.next() => {
+            eprintln!(
+                "interrupted while reconciling the runs a crash left live; Slurm runs keep running, and the next `databuild recover` adopts them"
+            );
+            std::process::exit(128 + sig);
         }
     }
 }
@@ -210,6 +233,15 @@ pub fn judge(outcome: &Outcome) -> Result<u8, CliError> {
     }
 }
 
+/// The progress renderer of a command that runs a request (quiet with --quiet or JSON output).
+fn progress(ctx: &Ctx) -> Arc<Progress> {
+    Arc::new(
+        Progress::new(ctx.quiet || ctx.format == Format::Json)
+            .verbose(ctx.verbose > 0)
+            .logs_dir(ctx.logs_dir.clone()),
+    )
+}
+
 pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
     a.refs = crate::refs::expand_args(&a.refs)?;
     ctx.formats("build", &[Format::Text, Format::Json])?;
@@ -217,6 +249,16 @@ pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
     // Bad refs are reported before the log is even opened.
     for r in &a.refs {
         graph.owner(r).map_err(|e| exit::lookup_error(&e))?;
+    }
+    let server = crate::client::find(ctx);
+    if a.detach && server.is_none() {
+        return Err(CliError::bad_input(
+            "--detach needs a running server to leave the build to; start one with `databuild serve`, or build without --detach",
+        ));
+    }
+    if let Some(s) = server {
+        let what = crate::client::Submit::Build { refs: a.refs, force: a.force, stale: a.stale };
+        return crate::client::run(ctx, &s, what, a.jobs, a.detach, "build", progress(ctx));
     }
     let rt = runtime()?;
     if ctx.verbose > 0 {
@@ -229,12 +271,8 @@ pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
         );
     }
     ctx.check_logs_dir()?;
-    let progress = Arc::new(
-        Progress::new(ctx.quiet || ctx.format == Format::Json)
-            .verbose(ctx.verbose > 0)
-            .logs_dir(ctx.logs_dir.clone()),
-    );
-    let spec = BuildSpec { refs: a.refs.clone(), force: a.force, cap: None };
+    let progress = progress(ctx);
+    let spec = BuildSpec { refs: a.refs.clone(), force: a.force, stale: a.stale, cap: None };
     let how = Run { wait: a.wait, jobs: a.jobs, verb: "build" };
     run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.submit(spec, o).await })
 }
@@ -259,13 +297,13 @@ pub fn execute(ctx: &Ctx, a: ExecuteArgs) -> Result<u8, CliError> {
             if a.file == "-" { "stdin" } else { a.file.as_str() }
         ))
     })?;
+    if let Some(s) = crate::client::find(ctx) {
+        let what = crate::client::Submit::Execute(jg);
+        return crate::client::run(ctx, &s, what, a.jobs, false, "execute", progress(ctx));
+    }
     let rt = runtime()?;
     ctx.check_logs_dir()?;
-    let progress = Arc::new(
-        Progress::new(ctx.quiet || ctx.format == Format::Json)
-            .verbose(ctx.verbose > 0)
-            .logs_dir(ctx.logs_dir.clone()),
-    );
+    let progress = progress(ctx);
     let how = Run { wait: a.wait, jobs: a.jobs, verb: "execute" };
     run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.execute(jg, None, o).await })
 }
@@ -294,7 +332,7 @@ where
     F: FnOnce(EngineHandle, Arc<dyn Observer>) -> Fut,
     Fut: std::future::Future<Output = Result<String, databuild::engine::SubmitError>>,
 {
-    let executor = local_executor(ctx)?;
+    let executor = executor(ctx, &graph)?;
     let slots = jobs(how.jobs, &graph);
     if ctx.verbose > 0 {
         let from = if how.jobs.is_some() {
@@ -314,7 +352,9 @@ where
     let started = Instant::now();
     let result = rt.block_on(async {
         let (engine, reconciled) =
-            Engine::open(store.clone(), graph, settings, executor).await.map_err(|e| (e, None))?;
+            open_engine(store.clone(), graph, settings, executor, &mut signals)
+                .await
+                .map_err(|e| (e, None))?;
         crate::cmd_recover::report_reconciled(&reconciled, true);
         let handle = engine.handle();
         let (observer, mut ends) = databuild::engine::with_ends(capture.clone());
@@ -386,8 +426,9 @@ pub fn analyze(ctx: &Ctx, mut a: AnalyzeArgs) -> Result<u8, CliError> {
     let (state, _) = crate::cmd_history::load(ctx)?;
     let rt = runtime()?;
     let jobs = jobs(a.plan.jobs, &graph);
+    let rebuild = databuild::planner::Rebuild { force: a.plan.force, stale: a.plan.stale };
     let plan = rt
-        .block_on(databuild::planner::analyze(&graph, state, &a.refs, a.plan.force, jobs))
+        .block_on(databuild::planner::analyze(&graph, state, &a.refs, rebuild, jobs))
         .map_err(|e| exit::plan_error(&e))?;
     if ctx.verbose > 0 {
         for l in crate::progress::dropped_lines(&plan.dropped) {
@@ -396,7 +437,10 @@ pub fn analyze(ctx: &Ctx, mut a: AnalyzeArgs) -> Result<u8, CliError> {
     }
     if !ctx.quiet {
         for w in &plan.warnings {
-            eprintln!("warning: {}", render::safe(w));
+            match w.strip_prefix("note: ") {
+                Some(n) => eprintln!("note: {}", render::safe(n)),
+                None => eprintln!("warning: {}", render::safe(w)),
+            }
         }
     }
     match ctx.format {

@@ -3,14 +3,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use databuild::proto::build_event::EventType;
 use databuild::proto::{BuildEvent, DepType, JobStatus, PartitionStatus};
-use databuild::query::{self, LineageNode, Until};
+use databuild::query::{self, LineageNode};
 use databuild::state::State;
 use databuild::store;
+use databuild::views;
 use databuild_log::{ReadOptions, Reader};
 use prost::Message;
-use serde_json::{Value, json as j};
 
 use crate::args::{BuildsArgs, Format, LineageArgs, LogsArgs, ReplayArgs, StatusArgs};
 use crate::context::Ctx;
@@ -37,101 +36,9 @@ pub fn load(ctx: &Ctx) -> Result<(&'static State, Reader), CliError> {
     Ok((Box::leak(Box::new(state)), reader))
 }
 
-/// The refs an event names (for `--partition`).
-fn refs_named(ev: &BuildEvent) -> Vec<&str> {
-    match &ev.event_type {
-        Some(EventType::PartitionEvent(e)) => {
-            e.partition_ref.iter().map(|p| p.str.as_str()).collect()
-        }
-        Some(EventType::DelegationEvent(e)) => {
-            e.partition_ref.iter().map(|p| p.str.as_str()).collect()
-        }
-        Some(EventType::JobEvent(e)) => {
-            e.target_partitions.iter().map(|p| p.str.as_str()).collect()
-        }
-        _ => Vec::new(),
-    }
-}
-
-struct Filter {
-    since: u64,
-    until: Option<Until>,
-    build: Option<String>,
-    partition: Option<String>,
-    job: Option<String>,
-    job_run: Option<String>,
-    /// Run id -> label, learnt from job events as they pass.
-    labels: HashMap<String, String>,
-    seen_build: bool,
-    seen_run: bool,
-    /// `--until TIME` cuts the log at the first event stamped after TIME (as `status --at`).
-    past_until: bool,
-}
-
-impl Filter {
-    fn keep(&mut self, seq: u64, ev: &BuildEvent) -> bool {
-        if let Some(EventType::JobEvent(e)) = &ev.event_type
-            && let Some(l) = &e.job_label
-        {
-            self.labels.insert(e.job_run_id.clone(), l.label.clone());
-        }
-        if self.build.as_deref() == Some(ev.build_request_id.as_str()) {
-            self.seen_build = true;
-        }
-        match self.until {
-            Some(Until::Seq(s)) if seq > s => return false,
-            Some(Until::Time(t)) if self.past_until || ev.timestamp > t => {
-                self.past_until = true;
-                return false;
-            }
-            _ => {}
-        }
-        if seq < self.since {
-            return false;
-        }
-        if let Some(b) = &self.build
-            && &ev.build_request_id != b
-        {
-            return false;
-        }
-        if let Some(g) = &self.partition
-            && !refs_named(ev).iter().any(|r| render::glob_match(g, r))
-        {
-            return false;
-        }
-        let run_of = |ev: &BuildEvent| match &ev.event_type {
-            Some(EventType::JobEvent(e)) => Some(e.job_run_id.clone()),
-            Some(EventType::PartitionEvent(e)) if !e.job_run_id.is_empty() => {
-                Some(e.job_run_id.clone())
-            }
-            _ => None,
-        };
-        if let Some(label) = &self.job {
-            let Some(run) = run_of(ev) else { return false };
-            if self.labels.get(&run) != Some(label) {
-                return false;
-            }
-        }
-        if let Some(id) = &self.job_run {
-            if run_of(ev).as_deref() != Some(id.as_str()) {
-                return false;
-            }
-            self.seen_run = true;
-        }
-        true
-    }
-}
-
 fn print_event(ctx: &Ctx, seq: u64, ev: &BuildEvent) {
     match ctx.format {
-        Format::Json => match serde_json::to_value(ev) {
-            Ok(event) => out(&json(&j!({ "seq": seq, "event": event }))),
-            // pbjson cannot write an enum number this version does not name (an event of a newer
-            // databuild): say so rather than print nothing.
-            Err(e) => out(&json(
-                &j!({ "seq": seq, "event": Value::Null, "error": format!("not representable as JSON: {e}") }),
-            )),
-        },
+        Format::Json => out(&json(&views::event_json(seq, ev))),
         _ => {
             let (kind, detail) = render::event_summary(ev);
             let req = if ev.build_request_id.is_empty() {
@@ -150,34 +57,19 @@ fn print_event(ctx: &Ctx, seq: u64, ev: &BuildEvent) {
 pub fn replay(ctx: &Ctx, a: ReplayArgs) -> Result<u8, CliError> {
     ctx.formats("replay", &[Format::Text, Format::Json])?;
     let until = a.until.as_deref().map(|u| render::parse_until("--until", u)).transpose()?;
-    let mut a = a;
+    let mut f = views::EventFilter::default();
+    f.since = a.since.unwrap_or(1);
+    f.until = until;
+    f.build = a.build.clone();
+    f.partition = a.partition.clone();
+    f.job = a.job.clone();
+    f.job_run = a.job_run.clone();
     // A prefix (or `last`) is resolved against the ids the log knows; a whole id streams as is.
     let prefix = |id: &Option<String>| id.as_deref().is_some_and(|i| !crate::refs::is_whole_id(i));
     if prefix(&a.build) || prefix(&a.job_run) {
         let (state, _) = load(ctx)?;
-        if let Some(b) = &a.build
-            && !crate::refs::is_whole_id(b)
-        {
-            a.build = Some(crate::refs::request_id(state, b)?);
-        }
-        if let Some(r) = &a.job_run
-            && !crate::refs::is_whole_id(r)
-        {
-            a.job_run = Some(crate::refs::run_id(state, r)?);
-        }
+        views::resolve_ids(state, &mut f).map_err(|e| exit::view_error(e, &ctx.log_dir))?;
     }
-    let mut f = Filter {
-        since: a.since.unwrap_or(1),
-        until,
-        build: a.build.clone(),
-        partition: a.partition.clone(),
-        job: a.job.clone(),
-        job_run: a.job_run.clone(),
-        labels: HashMap::new(),
-        seen_build: false,
-        seen_run: false,
-        past_until: false,
-    };
     let mut reader = open_reader(ctx)?;
     let mut next = 1u64;
     loop {
@@ -206,20 +98,7 @@ pub fn replay(ctx: &Ctx, a: ReplayArgs) -> Result<u8, CliError> {
             }
         }
     }
-    if let Some(b) = &a.build
-        && !f.seen_build
-    {
-        return Err(CliError::bad_input(format!(
-            "no build request {b} in the log; see `databuild builds` for the ids"
-        )));
-    }
-    if let Some(r) = &a.job_run
-        && !f.seen_run
-    {
-        return Err(CliError::bad_input(format!(
-            "no job run {r} in the log; see `databuild replay` or `databuild builds ID`"
-        )));
-    }
+    f.finish().map_err(|e| exit::view_error(e, &ctx.log_dir))?;
     Ok(exit::SUCCESS)
 }
 
@@ -237,48 +116,40 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
     };
     // `interrupted` (as the text table shows it) is open work no engine is running.
     let interrupted = a.status.iter().any(|s| s.trim().eq_ignore_ascii_case("interrupted"));
+    let want_stale = a.status.iter().any(|s| s.trim().eq_ignore_ascii_case("stale"));
     let only: Vec<PartitionStatus> = a
         .status
         .iter()
-        .filter(|s| !s.trim().eq_ignore_ascii_case("interrupted"))
+        .filter(|s| {
+            !s.trim().eq_ignore_ascii_case("interrupted") && !s.trim().eq_ignore_ascii_case("stale")
+        })
         .map(|s| parse_status(s))
         .collect::<Result<_, _>>()?;
-    let refs = {
-        let typed = crate::refs::expand_args(&a.refs)?;
-        crate::refs::match_globs(state, &typed, crate::refs::graph_for_globs(ctx, &typed).as_ref())
-    };
-    // Globs that match nothing give no rows (not every row, as no refs would).
-    let mut rows = if !a.refs.is_empty() && refs.is_empty() {
-        Vec::new()
-    } else {
-        query::status_rows(state, &refs)
-    };
-    if !a.refs.is_empty() && refs.is_empty() && !ctx.quiet {
+    // Now: the graph file's job versions count too (a changed `version` shows before any run
+    // records it). In the past (`--at`): the log alone.
+    let graph = ctx.graph().ok();
+    let versions = if a.at.is_none() { graph.as_ref() } else { None };
+    let globs = graph.as_ref().filter(|_| a.refs.iter().any(|r| crate::refs::is_glob(r)));
+    let mut rows = views::status_rows(state, &a.refs, globs, versions)
+        .map_err(|e| exit::view_error(e, &ctx.log_dir))?;
+    if !a.refs.is_empty() && rows.is_empty() && !ctx.quiet {
         eprintln!("no partition in the log matches {}", render::safe(&a.refs.join(" ")));
     }
-    if !only.is_empty() || interrupted {
+    if !only.is_empty() || interrupted || want_stale {
         let dead = interrupted
             && a.at.is_none()
             && rows.iter().any(|r| databuild::state::is_open(r.status))
             && !crate::live::writer_alive(&ctx.log_dir);
-        rows.retain(|r| only.contains(&r.status) || (dead && databuild::state::is_open(r.status)));
+        rows.retain(|r| {
+            only.contains(&r.status)
+                || (dead && databuild::state::is_open(r.status))
+                || (want_stale && r.stale.is_some())
+        });
     }
     match ctx.format {
         Format::Json => {
-            for r in rows {
-                let mut v = serde_json::Map::new();
-                v.insert("partitionRef".into(), r.partition.into());
-                v.insert("status".into(), r.status.as_str_name().into());
-                if !r.job_run_id.is_empty() {
-                    v.insert("jobRunId".into(), r.job_run_id.into());
-                }
-                if !r.build_request_id.is_empty() {
-                    v.insert("buildRequestId".into(), r.build_request_id.into());
-                }
-                if r.seq > 0 {
-                    v.insert("seq".into(), r.seq.into());
-                }
-                out(&json(&v));
+            for r in &rows {
+                out(&json(&views::status_json(r)));
             }
         }
         _ => {
@@ -297,7 +168,13 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
                 Table::new(&["PARTITION", "STATUS", "SEQ", "JOB RUN", "BUILD REQUEST", "MESSAGE"]);
             for r in rows {
                 let seq = if r.seq > 0 { r.seq.to_string() } else { "-".into() };
-                let [status, message] = live.partition_cells(state, color, &r);
+                let [mut status, mut message] = live.partition_cells(state, color, &r);
+                if let Some(st) = &r.stale {
+                    status.0.push_str(" STALE");
+                    status.1 += " STALE".len();
+                    let why: Vec<String> = st.reasons.iter().map(|x| x.text()).collect();
+                    message = render::cell(&format!("stale: {}", why.join("; ")));
+                }
                 t.row(vec![
                     render::cell(&r.partition),
                     status,
@@ -319,7 +196,7 @@ fn parse_status(s: &str) -> Result<PartitionStatus, CliError> {
     let full = if up.starts_with("PARTITION_") { up } else { format!("PARTITION_{up}") };
     PartitionStatus::from_str_name(&full).ok_or_else(|| {
         CliError::bad_input(format!(
-            "--status {s:?} is not a partition status; use one of: AVAILABLE, BUILDING, FAILED, REQUESTED, ANALYZED, DELEGATED, UNKNOWN, or INTERRUPTED (open with no engine running)"
+            "--status {s:?} is not a partition status; use one of: AVAILABLE, BUILDING, FAILED, TAINTED, REQUESTED, ANALYZED, DELEGATED, UNKNOWN, INTERRUPTED (open with no engine running), or STALE (AVAILABLE but stale)"
         ))
     })
 }
@@ -337,30 +214,15 @@ pub fn builds(ctx: &Ctx, a: BuildsArgs) -> Result<u8, CliError> {
     let (state, _) = load(ctx)?;
     if let Some(id) = &a.id {
         ctx.formats("builds ID", &[Format::Text, Format::Json, Format::Mermaid])?;
-        let id = crate::refs::request_id(state, id)?;
-        let Some(r) = state.requests.get(id.as_str()) else {
-            return Err(CliError::bad_input(format!(
-                "no build request {id} in the log; see `databuild builds` for the ids"
-            )));
-        };
+        let r = views::request(state, id).map_err(|e| exit::view_error(e, &ctx.log_dir))?;
         return build_detail(ctx, state, r);
     }
     ctx.formats("builds", &[Format::Text, Format::Json])?;
-    let mut reqs: Vec<&databuild::state::Request> = state.requests.values().collect();
-    reqs.sort_by_key(|r| r.received_seq);
+    let reqs = views::requests(state);
     match ctx.format {
         Format::Json => {
             for r in reqs {
-                out(&json(&j!({
-                    "buildRequestId": r.id,
-                    "status": r.status.as_str_name(),
-                    "requestedPartitions": r.requested,
-                    "receivedSeq": r.received_seq,
-                    "receivedTime": r.received_ts / 1_000_000_000,
-                    "endedTime": r.ended.map(|(_, t)| t / 1_000_000_000),
-                    "force": r.force,
-                    "message": r.message,
-                })));
+                out(&json(&views::request_json(r)));
             }
         }
         _ => {
@@ -401,36 +263,7 @@ fn build_detail(ctx: &Ctx, state: &State, r: &databuild::state::Request) -> Resu
         r.runs.iter().filter_map(|id| state.runs.get(id)).collect();
     let keys = state.keys_of(&r.id);
     match ctx.format {
-        Format::Json => {
-            let jobs: Vec<Value> = runs
-                .iter()
-                .map(|run| {
-                    j!({
-                        "jobRunId": run.id,
-                        "jobLabel": run.job_label,
-                        "status": run.status.as_str_name(),
-                        "targetPartitions": run.targets,
-                        "attempt": run.attempt,
-                        "message": run.message,
-                    })
-                })
-                .collect();
-            let parts: Vec<Value> = keys
-                .iter()
-                .map(|(p, k)| j!({"partitionRef": p, "status": k.status.as_str_name(), "seq": k.seq, "jobRunId": k.job_run_id, "message": k.message}))
-                .collect();
-            out(&json(&j!({
-                "buildRequestId": r.id,
-                "status": r.status.as_str_name(),
-                "requestedPartitions": r.requested,
-                "force": r.force,
-                "receivedTime": r.received_ts / 1_000_000_000,
-                "endedTime": r.ended.map(|(_, t)| t / 1_000_000_000),
-                "message": r.message,
-                "jobs": jobs,
-                "partitions": parts,
-            })));
-        }
+        Format::Json => out(&json(&views::request_detail_json(state, r))),
         Format::Mermaid => build_mermaid(state, r, &runs),
         Format::Text => {
             let color = render::color_stdout();
@@ -566,31 +399,6 @@ fn build_mermaid(state: &State, r: &databuild::state::Request, runs: &[&databuil
     out("  classDef pending fill:#ffffff,stroke:#999999");
 }
 
-fn lineage_json(n: &LineageNode, downstream: bool) -> Value {
-    let mut v = serde_json::Map::new();
-    v.insert("partitionRef".into(), n.partition.clone().into());
-    if let Some(d) = n.dep_type {
-        v.insert(
-            "depType".into(),
-            if d == DepType::Materialize { "MATERIALIZE" } else { "QUERY" }.into(),
-        );
-    }
-    v.insert("jobRunId".into(), n.job_run_id.clone().into());
-    v.insert("jobLabel".into(), n.job_label.clone().into());
-    v.insert("buildRequestId".into(), n.build_request_id.clone().into());
-    v.insert("seq".into(), n.seq.into());
-    v.insert("startTime".into(), n.start_time.into());
-    v.insert("endTime".into(), n.end_time.into());
-    v.insert("args".into(), n.args.clone().into());
-    v.insert("envKeys".into(), n.env_keys.clone().into());
-    if let Some(s) = n.rebuilt_since_seq {
-        v.insert("rebuiltSinceSeq".into(), s.into());
-    }
-    let children: Vec<Value> = n.children.iter().map(|c| lineage_json(c, downstream)).collect();
-    v.insert(if downstream { "outputs" } else { "inputs" }.into(), children.into());
-    Value::Object(v)
-}
-
 fn lineage_text(
     n: &LineageNode,
     prefix: &str,
@@ -627,6 +435,9 @@ fn lineage_text(
                 render::time_s(n.end_time)
             ));
         }
+    }
+    if let Some(s) = n.tainted_at_seq {
+        line.push_str(&format!("  (TAINTED at seq {s})"));
     }
     if let Some(s) = n.rebuilt_since_seq {
         line.push_str(&format!("  (rebuilt since, at seq {s})"));
@@ -710,18 +521,10 @@ fn lineage_mermaid(n: &LineageNode, downstream: bool) {
 
 pub fn lineage(ctx: &Ctx, a: LineageArgs) -> Result<u8, CliError> {
     let (state, reader) = load(ctx)?;
-    let tree = if a.downstream {
-        query::lineage_down(state, &reader, &a.partition, a.depth)
-    } else {
-        query::lineage_up(state, &reader, &a.partition, a.depth)
-    }
-    .map_err(|e| match e {
-        query::LineageError::NeverBuilt(_) => CliError::bad_input(e.to_string()),
-        query::LineageError::Store(s) => exit::store_error(&s, &ctx.log_dir),
-        other => CliError::internal(other),
-    })?;
+    let tree = views::lineage_tree(state, &reader, &a.partition, a.downstream, a.depth)
+        .map_err(|e| exit::view_error(e, &ctx.log_dir))?;
     match ctx.format {
-        Format::Json => out(&json(&lineage_json(&tree, a.downstream))),
+        Format::Json => out(&json(&views::lineage_json(&tree, a.downstream))),
         Format::Mermaid => lineage_mermaid(&tree, a.downstream),
         Format::Text => {
             let mut shown = BTreeSet::new();

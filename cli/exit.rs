@@ -11,6 +11,7 @@ use databuild::engine::{EngineError, SubmitError};
 use databuild::graph::{GraphError, LookupError};
 use databuild::planner::PlanError;
 use databuild::store::{CommitError, StoreError};
+use databuild::views::ViewError;
 use databuild_log::OpenError;
 
 /// Success.
@@ -105,6 +106,16 @@ pub fn store_error(e: &StoreError, dir: &Path) -> CliError {
             "the event log history is not valid: {e}; run `databuild verify` for a report"
         )),
         other => CliError::log(other.to_string()),
+    }
+}
+
+/// A view's error: bad input and unknown ids, labels or refs exit 2; a log that cannot be read
+/// exits 3.
+pub fn view_error(e: ViewError, dir: &Path) -> CliError {
+    match e {
+        ViewError::BadInput(m) | ViewError::NotFound(m) => CliError::bad_input(m),
+        ViewError::Store(s) => store_error(&s, dir),
+        ViewError::Internal(m) => CliError::internal(m),
     }
 }
 

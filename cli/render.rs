@@ -187,45 +187,7 @@ pub fn duration(d: std::time::Duration) -> String {
 
 /// `SEQ` or an RFC 3339 `TIME`, for `--at` and `--until`.
 pub fn parse_until(flag: &str, s: &str) -> Result<Until, CliError> {
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(Until::Seq(n));
-    }
-    time::OffsetDateTime::parse(s, &Rfc3339)
-        .map(|t| Until::Time(t.unix_timestamp_nanos().clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64))
-        .map_err(|e| {
-            CliError::bad_input(format!(
-                "{flag} {s:?} is neither a sequence number nor an RFC 3339 time ({e}); e.g. {flag} 120 or {flag} 2025-01-01T12:00:00Z"
-            ))
-        })
-}
-
-/// Whether `text` matches `glob`: `*` any run of characters (including `/`), `?` one character.
-/// A glob without either is an exact match.
-pub fn glob_match(glob: &str, text: &str) -> bool {
-    let g: Vec<char> = glob.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut gi, mut ti) = (0usize, 0usize);
-    let (mut star, mut mark) = (None::<usize>, 0usize);
-    while ti < t.len() {
-        if gi < g.len() && (g[gi] == '?' || g[gi] == t[ti]) {
-            gi += 1;
-            ti += 1;
-        } else if gi < g.len() && g[gi] == '*' {
-            star = Some(gi);
-            gi += 1;
-            mark = ti;
-        } else if let Some(s) = star {
-            gi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    while gi < g.len() && g[gi] == '*' {
-        gi += 1;
-    }
-    gi == g.len()
+    databuild::refs::parse_until(flag, s).map_err(|e| CliError::bad_input(e.to_string()))
 }
 
 fn enum_name<T: TryFrom<i32>>(v: i32, name: fn(&T) -> &'static str) -> String {
@@ -332,19 +294,6 @@ pub fn mermaid_label(s: &str) -> String {
 mod tests {
     use super::*;
 
-    type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    #[test]
-    fn globs_match_like_the_contract_says() {
-        assert!(glob_match("daily/*", "daily/2025-01-01/red"));
-        assert!(glob_match("*red", "daily/2025-01-01/red"));
-        assert!(glob_match("d?ily/*/red", "daily/x/red"));
-        assert!(!glob_match("daily/?", "daily/10"));
-        assert!(glob_match("exact/ref", "exact/ref"));
-        assert!(!glob_match("exact/ref", "exact/ref2"));
-        assert!(glob_match("*", ""));
-    }
-
     #[test]
     fn text_from_users_and_jobs_is_shown_escaped() {
         assert!(matches!(safe("daily/2025-01-01/red"), Cow::Borrowed(_)));
@@ -356,20 +305,5 @@ mod tests {
         assert_eq!(safe("two\nlines\tx"), "two\\nlines\\tx");
         assert_eq!(safe_output("col1\tcol2\r"), "col1\tcol2\\r");
         assert_eq!(cell("a\x1bb"), ("a\\u{1b}b".to_string(), 8));
-    }
-
-    #[test]
-    fn seq_or_time() -> TestResult {
-        assert_eq!(parse_until("--at", "12").map_err(|e| format!("{e:?}"))?, Until::Seq(12));
-        assert_eq!(
-            parse_until("--at", "1970-01-01T00:00:01Z").map_err(|e| format!("{e:?}"))?,
-            Until::Time(1_000_000_000)
-        );
-        assert_eq!(
-            parse_until("--at", "1970-01-01T01:00:01+01:00").map_err(|e| format!("{e:?}"))?,
-            Until::Time(1_000_000_000)
-        );
-        assert!(parse_until("--at", "yesterday").is_err());
-        Ok(())
     }
 }

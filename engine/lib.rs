@@ -13,14 +13,17 @@ pub mod engine;
 pub mod events;
 pub mod execute;
 pub mod executor;
+pub mod freshness;
 pub mod graph;
 pub mod planner;
 pub mod proto;
 pub mod query;
 pub mod recovery;
+pub mod refs;
 pub mod scheduler;
 #[path = "../server/mod.rs"]
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod sys;
+pub mod views;

@@ -31,6 +31,10 @@ fn job(dir: &std::path::Path) -> Job {
         retries: 0,
         max_concurrency: None,
         output_path: None,
+        version: None,
+        executor: None,
+        cpus: None,
+        memory_mb: None,
     }
 }
 
