@@ -77,17 +77,17 @@ fn executing(evs: &[(u64, BuildEvent)]) -> usize {
 }
 
 /// Submits `sets` at once: the first `builds` through Build (their answers are returned, joined
-/// later), the rest through SubmitBuild.
+/// later), the last `cli` as `databuild build` processes (the CLI as a client of the server;
+/// returned too), the rest through SubmitBuild.
 fn submit_all(
+    env: &crate::util::Env,
     server: &Server,
     sets: &[Vec<&str>],
     builds: usize,
-) -> Vec<
-    tokio::task::JoinHandle<
-        Result<tonic::Response<databuild::proto::GraphBuildResponse>, tonic::Status>,
-    >,
-> {
+    cli: usize,
+) -> (Vec<BuildWait>, Vec<std::process::Child>) {
     let mut waits = Vec::new();
+    let mut children = Vec::new();
     let mut submits = Vec::new();
     for (k, set) in sets.iter().enumerate() {
         let outputs = refs(set);
@@ -95,18 +95,30 @@ fn submit_all(
             let mut svc = server.service();
             let req = server.authed(GraphBuildRequest { outputs });
             waits.push(rt().spawn(async move { svc.build(req).await }));
+        } else if k >= sets.len() - cli {
+            let mut args = vec!["build"];
+            args.extend(set.iter().copied());
+            children.push(env.spawn(&args, &[]));
         } else {
             let mut ctl = server.control();
-            let req =
-                server.authed(SubmitBuildRequest { outputs, force: false, max_concurrent_runs: 0 });
+            let req = server.authed(SubmitBuildRequest {
+                outputs,
+                force: false,
+                max_concurrent_runs: 0,
+                ..Default::default()
+            });
             submits.push(rt().spawn(async move { ctl.submit_build(req).await }));
         }
     }
     for s in submits {
         rt().block_on(s).unwrap().expect("SubmitBuild");
     }
-    waits
+    (waits, children)
 }
+
+type BuildWait = tokio::task::JoinHandle<
+    Result<tonic::Response<databuild::proto::GraphBuildResponse>, tonic::Status>,
+>;
 
 #[test]
 fn eight_clients_with_overlapping_requests_run_each_shared_job_once() {
@@ -125,9 +137,14 @@ fn eight_clients_with_overlapping_requests_run_each_shared_job_once() {
         vec!["b/3", "c/3"],
         vec!["d/0"],
     ];
-    let waits = submit_all(&server, &sets, 4);
+    let (waits, children) = submit_all(&env, &server, &sets, 4, 2);
     server.wait_for("8 requests executing", |evs| executing(evs) == 8);
     release(&env);
+    for (k, child) in children.into_iter().enumerate() {
+        let out = crate::util::finish(child, crate::util::DEADLINE);
+        out.ok();
+        assert!(out.stdout.contains("COMPLETED"), "CLI client {k}: {out:?}");
+    }
     for (k, w) in waits.into_iter().enumerate() {
         let resp = rt()
             .block_on(w)
@@ -200,15 +217,20 @@ fn a_failing_delegate_fails_exactly_its_dependants_elsewhere() {
         vec!["c/1"],
         vec!["c/2"],
         vec!["c/3"],
-        vec!["b/1"],
+        vec!["b/2"],
         vec!["a/0"],
         vec!["c/2", "c/3"],
-        vec!["b/2"],
+        vec!["b/1"],
     ];
-    let needs_b1 = [true, true, false, false, true, false, false, false];
-    let waits = submit_all(&server, &sets, 4);
+    let needs_b1 = [true, true, false, false, false, false, false, true];
+    let (waits, children) = submit_all(&env, &server, &sets, 4, 2);
     server.wait_for("8 requests executing", |evs| executing(evs) == 8);
     release(&env);
+    for (k, child) in children.into_iter().enumerate() {
+        // The CLI clients asked for sets[6] (COMPLETED, exit 0) and sets[7] (b/1: FAILED, exit 1).
+        let out = crate::util::finish(child, crate::util::DEADLINE);
+        assert_eq!(out.code, if needs_b1[6 + k] { 1 } else { 0 }, "CLI client {k}: {out:?}");
+    }
     for (k, w) in waits.into_iter().enumerate() {
         let r = rt().block_on(w).unwrap();
         if needs_b1[k] {
@@ -286,6 +308,7 @@ fn a_partition_another_request_finishes_while_this_one_plans_is_not_built_again(
             outputs: refs(&[r]),
             force: false,
             max_concurrent_runs: 0,
+            ..Default::default()
         });
         rt().block_on(ctl.submit_build(req)).expect("SubmitBuild").into_inner().build_request_id
     };
