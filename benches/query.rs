@@ -101,7 +101,13 @@ fn main() {
         ("status (all partitions, json)", vec!["status".into(), "--format".into(), "json".into()]),
         (
             "status --status stale (json)",
-            vec!["status".into(), "--status".into(), "stale".into(), "--format".into(), "json".into()],
+            vec![
+                "status".into(),
+                "--status".into(),
+                "stale".into(),
+                "--format".into(),
+                "json".into(),
+            ],
         ),
         ("lineage REF", vec!["lineage".into(), report.clone()]),
         ("lineage REF --downstream", vec!["lineage".into(), raw.clone(), "--downstream".into()]),

@@ -276,7 +276,7 @@ fn a_tainted_partition_is_built_again_and_its_readers_are_stale() {
     assert!(stale_of(&e, "sum/1", None).1[0].starts_with("input raw/1 rebuilt at seq "));
     e.run(&["build", "top/1", "--stale"]).ok();
     assert_eq!(e.ledger(), ["raw/1", "sum/1", "top/1", "raw/1", "sum/1", "top/1"]);
-    assert!(e.run(&["verify"]).ok().stdout.len() > 0);
+    e.run(&["verify"]).ok();
 }
 
 #[test]
@@ -414,8 +414,9 @@ mod props {
                     || !e.exists(&format!("data/{}", name(*i)))
             })
             .collect();
-        for i in 0..n {
-            if deps[i].iter().any(|d| need.contains(d)) {
+        // Dependencies have smaller indexes: one pass in order reaches the whole closure.
+        for (i, ds) in deps.iter().enumerate() {
+            if ds.iter().any(|d| need.contains(d)) {
                 need.insert(i);
             }
         }
