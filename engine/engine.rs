@@ -1798,7 +1798,20 @@ pub fn plan_commit(
     let state = store.state();
     let mut events = Vec::new();
     let mut skipped: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
-    for r in &plan.satisfied {
+    // Tasks whose outputs became AVAILABLE while `config` ran (another request built them and is
+    // done with them, so it is not `building` them): satisfied now, as if planned so, unless
+    // this request is forced to rebuild them.
+    let forced = state.requests.get(request.as_str()).is_some_and(|r| r.force);
+    let late: Vec<usize> = (0..plan.nodes.len())
+        .filter(|&n| {
+            let outs = &plan.nodes[n].outputs;
+            !outs.is_empty()
+                && outs.iter().all(|o| state.is_available(o))
+                && !(forced && outs.iter().any(|o| plan.requested.contains(o)))
+        })
+        .collect();
+    let late_refs = late.iter().flat_map(|&n| &plan.nodes[n].outputs);
+    for r in plan.satisfied.iter().chain(late_refs) {
         let Some(f) = state
             .catalog
             .get(r.as_str())
@@ -1828,7 +1841,10 @@ pub fn plan_commit(
         events.push(j.event(JobStatus::JobSkipped));
     }
     let mut analyzed = HashSet::new();
-    for n in &plan.nodes {
+    for (i, n) in plan.nodes.iter().enumerate() {
+        if late.contains(&i) {
+            continue;
+        }
         for o in &n.outputs {
             if analyzed.insert(o.clone()) {
                 events.push(ev::partition(&request, o, PartitionStatus::PartitionAnalyzed, "", ""));
@@ -1836,9 +1852,15 @@ pub fn plan_commit(
         }
     }
     let mut x = Exec::new(request.clone(), plan);
+    for &n in &late {
+        x.nodes[n] = NodeState::Done;
+    }
     // Active delegation: a task whose outputs a live request is building waits for it.
     let mut delegated = Vec::new();
     for n in 0..x.plan.nodes.len() {
+        if x.nodes[n] != NodeState::Waiting {
+            continue;
+        }
         let outs = &x.plan.nodes[n].outputs;
         if let Some(to) = outs.first().and_then(|o| building.get(o)).cloned()
             && outs.iter().all(|o| building.get(o) == Some(&to))

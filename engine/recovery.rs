@@ -270,11 +270,16 @@ pub fn prepare_resume(
         .map_err(|e| ResumeError::Plan { request: String::new(), why: e.to_string() })?;
     // Refs some earlier resumed request will build: (ref -> request).
     let mut building: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    // Requests still to be looked at below: a task delegated to one of them waits for it (an
+    // older request can delegate to a younger one that planned first).
+    let mut later: std::collections::HashSet<String> =
+        requests.iter().map(|r| r.id.to_string()).filter(|id| !live.contains(id)).collect();
     for r in requests {
         let req = r.id.to_string();
         if live.contains(&req) {
             continue;
         }
+        later.remove(&req);
         if !r.graph_digest.is_empty() && r.graph_digest != graph_digest {
             out.warnings.push(format!(
                 "build request {req} was planned with a different databuild.toml; it resumes with its recorded plan and today's job definitions"
@@ -430,8 +435,9 @@ pub fn prepare_resume(
                 }
             }
             // Tasks this request had delegated to another live request and that are not AVAILABLE:
-            // they wait again if that request is resumed alongside to build them, else they fail
-            // here too, as they would have had it failed.
+            // they wait again if that request is resumed alongside to build them (an older one
+            // that will, or a younger one, resumed after this one: the loop fails them there if
+            // it does not), else they fail here too, as they would have had it failed.
             for n in 0..exec.plan.nodes.len() {
                 if exec.nodes[n] != NodeState::Waiting {
                     continue;
@@ -446,7 +452,11 @@ pub fn prepare_resume(
                     })
                     .collect();
                 let Some(to) = delegated.first().map(|d| d.1.clone()) else { continue };
-                if outs.iter().all(|o| building.get(o) == Some(&to)) {
+                if outs.iter().all(|o| building.get(o) == Some(&to))
+                    || (later.contains(&to)
+                        && delegated.len() == outs.len()
+                        && delegated.iter().all(|d| d.1 == to))
+                {
                     exec.nodes[n] = NodeState::Delegated { to };
                     continue;
                 }
