@@ -119,7 +119,8 @@ fn main() {
     ));
     store.submit(accepted).unwrap().wait().unwrap();
     let t = Instant::now();
-    let events = databuild::engine::plan_commit(&store, &req, plan, &Default::default()).events;
+    let events =
+        databuild::engine::plan_commit(&store, &graph, &req, plan, &Default::default()).events;
     let n = events.len();
     let build_s = t.elapsed().as_secs_f64();
     let p = store.submit(events).unwrap();

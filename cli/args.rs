@@ -101,6 +101,22 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// The graph's jobs and their patterns; with REF..., the plan a build would run (as analyze)
     Graph(GraphArgs),
+    /// Mark AVAILABLE partitions bad: the next build that needs them builds them again
+    Taint(TaintArgs),
+}
+
+/// `taint`.
+#[derive(Debug, Args)]
+pub struct TaintArgs {
+    /// Partition refs or globs (`*`, `?`) of AVAILABLE partitions
+    #[arg(required = true, value_name = "REF_OR_GLOB")]
+    pub refs: Vec<String>,
+    /// Also taint every partition built from them, transitively
+    #[arg(long)]
+    pub downstream: bool,
+    /// Why (recorded in the log, shown by explain and lineage)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 /// `completions`.
@@ -155,6 +171,9 @@ pub struct BuildArgs {
     /// Rebuild the requested partitions even if they are AVAILABLE (upstream ones are reused)
     #[arg(long)]
     pub force: bool,
+    /// Also rebuild the stale partitions the build needs, upstream first
+    #[arg(long)]
+    pub stale: bool,
     /// If another databuild is writing the log, wait for it instead of exiting with code 3
     #[arg(long)]
     pub wait: bool,
@@ -173,6 +192,9 @@ pub struct PlanOpts {
     /// Plan as `build --force` would
     #[arg(long)]
     pub force: bool,
+    /// Plan as `build --stale` would
+    #[arg(long)]
+    pub stale: bool,
     /// Run at most N config calls at once [default: number of CPUs]
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,

@@ -15,24 +15,25 @@ pub fn explain(ctx: &Ctx, a: ExplainArgs) -> Result<u8, CliError> {
     let typed =
         views::explain_typed(&a.partition).map_err(|e| exit::view_error(e, &ctx.log_dir))?;
     let (state, _) = crate::cmd_history::load(ctx)?;
-    let refs = views::explain_refs(
-        state,
-        &a.partition,
-        &typed,
-        crate::refs::graph_for_globs(ctx, &typed).as_ref(),
-    )
-    .map_err(|e| exit::view_error(e, &ctx.log_dir))?;
+    let graph = ctx.graph().ok();
+    let refs = views::explain_refs(state, &a.partition, &typed, graph.as_ref())
+        .map_err(|e| exit::view_error(e, &ctx.log_dir))?;
+    // The graph file's job versions count too (see `databuild::freshness`).
+    let fresh = match &graph {
+        Some(g) => databuild::freshness::Freshness::with_graph(state, g),
+        None => databuild::freshness::Freshness::of_log(state),
+    };
     for (i, r) in refs.iter().enumerate() {
         if i > 0 && ctx.format == Format::Text {
             out("");
         }
-        explain_one(ctx, state, r);
+        explain_one(ctx, &fresh, r);
     }
     Ok(exit::SUCCESS)
 }
 
-fn explain_one(ctx: &Ctx, state: &databuild::state::State, partition: &str) {
-    let e = query::explain(state, partition);
+fn explain_one(ctx: &Ctx, fresh: &databuild::freshness::Freshness<'_>, partition: &str) {
+    let e = query::explain_with(fresh, partition);
     let tail = views::explain_tail(&ctx.logs_dir, &e);
     match ctx.format {
         Format::Json => out(&render::json(&views::explain_json(&e, &tail))),
@@ -45,6 +46,17 @@ fn explain_one(ctx: &Ctx, state: &databuild::state::State, partition: &str) {
                 e.reason.as_str()
             ));
             out(&format!("  {}", render::safe(&e.message)));
+            if let Some(st) = &e.stale {
+                out("  STALE:");
+                for x in &st.reasons {
+                    let at = match x.seq() {
+                        0 => "(graph file; not yet in the log)".to_string(),
+                        n => format!("(seq {n})"),
+                    };
+                    out(&format!("    {} {at}", render::safe(&x.text())));
+                }
+                out("  `databuild build --stale REF` rebuilds it");
+            }
             if e.reason == Reason::Building && !e.job_run_id.is_empty() {
                 out(&format!(
                     "  by job run {} (`databuild logs {}` for its output so far)",

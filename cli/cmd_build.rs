@@ -210,6 +210,15 @@ pub fn judge(outcome: &Outcome) -> Result<u8, CliError> {
     }
 }
 
+/// The progress renderer of a command that runs a request (quiet with --quiet or JSON output).
+fn progress(ctx: &Ctx) -> Arc<Progress> {
+    Arc::new(
+        Progress::new(ctx.quiet || ctx.format == Format::Json)
+            .verbose(ctx.verbose > 0)
+            .logs_dir(ctx.logs_dir.clone()),
+    )
+}
+
 pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
     a.refs = crate::refs::expand_args(&a.refs)?;
     ctx.formats("build", &[Format::Text, Format::Json])?;
@@ -217,6 +226,16 @@ pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
     // Bad refs are reported before the log is even opened.
     for r in &a.refs {
         graph.owner(r).map_err(|e| exit::lookup_error(&e))?;
+    }
+    let server = crate::client::find(ctx);
+    if a.detach && server.is_none() {
+        return Err(CliError::bad_input(
+            "--detach needs a running server to leave the build to; start one with `databuild serve`, or build without --detach",
+        ));
+    }
+    if let Some(s) = server {
+        let what = crate::client::Submit::Build { refs: a.refs, force: a.force, stale: a.stale };
+        return crate::client::run(ctx, &s, what, a.jobs, a.detach, "build", progress(ctx));
     }
     let rt = runtime()?;
     if ctx.verbose > 0 {
@@ -229,12 +248,8 @@ pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
         );
     }
     ctx.check_logs_dir()?;
-    let progress = Arc::new(
-        Progress::new(ctx.quiet || ctx.format == Format::Json)
-            .verbose(ctx.verbose > 0)
-            .logs_dir(ctx.logs_dir.clone()),
-    );
-    let spec = BuildSpec { refs: a.refs.clone(), force: a.force, cap: None };
+    let progress = progress(ctx);
+    let spec = BuildSpec { refs: a.refs.clone(), force: a.force, stale: a.stale, cap: None };
     let how = Run { wait: a.wait, jobs: a.jobs, verb: "build" };
     run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.submit(spec, o).await })
 }
@@ -259,13 +274,13 @@ pub fn execute(ctx: &Ctx, a: ExecuteArgs) -> Result<u8, CliError> {
             if a.file == "-" { "stdin" } else { a.file.as_str() }
         ))
     })?;
+    if let Some(s) = crate::client::find(ctx) {
+        let what = crate::client::Submit::Execute(jg);
+        return crate::client::run(ctx, &s, what, a.jobs, false, "execute", progress(ctx));
+    }
     let rt = runtime()?;
     ctx.check_logs_dir()?;
-    let progress = Arc::new(
-        Progress::new(ctx.quiet || ctx.format == Format::Json)
-            .verbose(ctx.verbose > 0)
-            .logs_dir(ctx.logs_dir.clone()),
-    );
+    let progress = progress(ctx);
     let how = Run { wait: a.wait, jobs: a.jobs, verb: "execute" };
     run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.execute(jg, None, o).await })
 }
@@ -386,8 +401,9 @@ pub fn analyze(ctx: &Ctx, mut a: AnalyzeArgs) -> Result<u8, CliError> {
     let (state, _) = crate::cmd_history::load(ctx)?;
     let rt = runtime()?;
     let jobs = jobs(a.plan.jobs, &graph);
+    let rebuild = databuild::planner::Rebuild { force: a.plan.force, stale: a.plan.stale };
     let plan = rt
-        .block_on(databuild::planner::analyze(&graph, state, &a.refs, a.plan.force, jobs))
+        .block_on(databuild::planner::analyze(&graph, state, &a.refs, rebuild, jobs))
         .map_err(|e| exit::plan_error(&e))?;
     if ctx.verbose > 0 {
         for l in crate::progress::dropped_lines(&plan.dropped) {
@@ -396,7 +412,10 @@ pub fn analyze(ctx: &Ctx, mut a: AnalyzeArgs) -> Result<u8, CliError> {
     }
     if !ctx.quiet {
         for w in &plan.warnings {
-            eprintln!("warning: {}", render::safe(w));
+            match w.strip_prefix("note: ") {
+                Some(n) => eprintln!("note: {}", render::safe(n)),
+                None => eprintln!("warning: {}", render::safe(w)),
+            }
         }
     }
     match ctx.format {

@@ -36,6 +36,9 @@ pub fn cancel(ctx: &Ctx, a: CancelArgs) -> Result<u8, CliError> {
     if databuild::state::is_terminal_request(r.status) {
         return Ok(already_ended(id, r.status));
     }
+    if let Some(s) = crate::client::find(ctx) {
+        return crate::client::cancel(&s, id);
+    }
     let opts = StoreOptions { writer: WriterOptions::default(), ..StoreOptions::default() };
     match Store::open(&ctx.log_dir, opts) {
         Err(databuild::store::StoreError::Open(OpenError::Locked { pid, host, .. })) => {

@@ -66,6 +66,6 @@ pub fn graph(ctx: &Ctx, a: GraphArgs) -> Result<u8, CliError> {
 
 /// `build -n`: plan as `build` would, print the plan as `analyze` does, run and write nothing.
 pub fn dry_run(ctx: &Ctx, a: BuildArgs) -> Result<u8, CliError> {
-    let plan = crate::args::PlanOpts { force: a.force, jobs: a.jobs };
+    let plan = crate::args::PlanOpts { force: a.force, stale: a.stale, jobs: a.jobs };
     crate::cmd_build::analyze(ctx, AnalyzeArgs { refs: a.refs, plan })
 }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use databuild::freshness::Freshness;
 use databuild::proto::{BuildEvent, DepType, JobStatus, PartitionStatus};
 use databuild::query::{self, LineageNode};
 use databuild::state::State;
@@ -116,24 +117,38 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
     };
     // `interrupted` (as the text table shows it) is open work no engine is running.
     let interrupted = a.status.iter().any(|s| s.trim().eq_ignore_ascii_case("interrupted"));
+    let want_stale = a.status.iter().any(|s| s.trim().eq_ignore_ascii_case("stale"));
     let only: Vec<PartitionStatus> = a
         .status
         .iter()
-        .filter(|s| !s.trim().eq_ignore_ascii_case("interrupted"))
+        .filter(|s| {
+            !s.trim().eq_ignore_ascii_case("interrupted") && !s.trim().eq_ignore_ascii_case("stale")
+        })
         .map(|s| parse_status(s))
         .collect::<Result<_, _>>()?;
+    // Now: the graph file's job versions count too (a changed `version` shows before any run
+    // records it). In the past (`--at`): the log alone.
+    let graph = if a.at.is_none() { ctx.graph().ok() } else { None };
+    let fresh = match &graph {
+        Some(g) => Freshness::with_graph(state, g),
+        None => Freshness::of_log(state),
+    };
     let mut rows =
-        views::status_rows(state, &a.refs, crate::refs::graph_for_globs(ctx, &a.refs).as_ref())
+        views::status_rows(&fresh, &a.refs, crate::refs::graph_for_globs(ctx, &a.refs).as_ref())
             .map_err(|e| exit::view_error(e, &ctx.log_dir))?;
     if !a.refs.is_empty() && rows.is_empty() && !ctx.quiet {
         eprintln!("no partition in the log matches {}", render::safe(&a.refs.join(" ")));
     }
-    if !only.is_empty() || interrupted {
+    if !only.is_empty() || interrupted || want_stale {
         let dead = interrupted
             && a.at.is_none()
             && rows.iter().any(|r| databuild::state::is_open(r.status))
             && !crate::live::writer_alive(&ctx.log_dir);
-        rows.retain(|r| only.contains(&r.status) || (dead && databuild::state::is_open(r.status)));
+        rows.retain(|r| {
+            only.contains(&r.status)
+                || (dead && databuild::state::is_open(r.status))
+                || (want_stale && r.stale.is_some())
+        });
     }
     match ctx.format {
         Format::Json => {
@@ -157,7 +172,13 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<u8, CliError> {
                 Table::new(&["PARTITION", "STATUS", "SEQ", "JOB RUN", "BUILD REQUEST", "MESSAGE"]);
             for r in rows {
                 let seq = if r.seq > 0 { r.seq.to_string() } else { "-".into() };
-                let [status, message] = live.partition_cells(state, color, &r);
+                let [mut status, mut message] = live.partition_cells(state, color, &r);
+                if let Some(st) = &r.stale {
+                    status.0.push_str(" STALE");
+                    status.1 += " STALE".len();
+                    let why: Vec<String> = st.reasons.iter().map(|x| x.text()).collect();
+                    message = render::cell(&format!("stale: {}", why.join("; ")));
+                }
                 t.row(vec![
                     render::cell(&r.partition),
                     status,
@@ -179,7 +200,7 @@ fn parse_status(s: &str) -> Result<PartitionStatus, CliError> {
     let full = if up.starts_with("PARTITION_") { up } else { format!("PARTITION_{up}") };
     PartitionStatus::from_str_name(&full).ok_or_else(|| {
         CliError::bad_input(format!(
-            "--status {s:?} is not a partition status; use one of: AVAILABLE, BUILDING, FAILED, REQUESTED, ANALYZED, DELEGATED, UNKNOWN, or INTERRUPTED (open with no engine running)"
+            "--status {s:?} is not a partition status; use one of: AVAILABLE, BUILDING, FAILED, TAINTED, REQUESTED, ANALYZED, DELEGATED, UNKNOWN, INTERRUPTED (open with no engine running), or STALE (AVAILABLE but stale)"
         ))
     })
 }
@@ -418,6 +439,9 @@ fn lineage_text(
                 render::time_s(n.end_time)
             ));
         }
+    }
+    if let Some(s) = n.tainted_at_seq {
+        line.push_str(&format!("  (TAINTED at seq {s})"));
     }
     if let Some(s) = n.rebuilt_since_seq {
         line.push_str(&format!("  (rebuilt since, at seq {s})"));

@@ -38,6 +38,9 @@ pub fn report_reconciled(r: &Reconciled, mention_interrupted: bool) {
 
 pub fn recover(ctx: &Ctx, a: crate::args::RecoverArgs) -> Result<u8, CliError> {
     ctx.formats("recover", &[crate::args::Format::Text, crate::args::Format::Json])?;
+    if let Some(s) = crate::client::find(ctx) {
+        return Err(crate::client::busy(&s, "recover"));
+    }
     let graph = Arc::new(ctx.graph()?);
     let rt = crate::cmd_build::runtime()?;
     ctx.check_logs_dir()?;

@@ -29,6 +29,8 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<u8, CliError> {
     let graph = Arc::new(ctx.graph()?);
     let addr = resolve(&a.addr)?;
     ctx.check_logs_dir()?;
+    // Every client connection is a descriptor: leave room for many, and for the jobs' pipes.
+    let _ = databuild::sys::raise_fd_limit();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -12,6 +12,7 @@ mod cmd_graph;
 mod cmd_history;
 mod cmd_recover;
 mod cmd_serve;
+mod cmd_taint;
 mod context;
 mod exit;
 mod live;
@@ -62,5 +63,6 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
         C::Serve(a) => cmd_serve::serve(&ctx, a),
         C::Completions(_) => unreachable!("handled above"),
         C::Graph(a) => cmd_graph::graph(&ctx, a),
+        C::Taint(a) => cmd_taint::taint(&ctx, a),
     }
 }

@@ -436,7 +436,10 @@ impl Observer for Progress {
                     &format!("{name}: cancelling the build (stopping running jobs; send it again to kill them now)"),
                 );
             }
-            Note::Warning(w) => self.line(Some(("warning:", "33")), &w),
+            Note::Warning(w) => match w.strip_prefix("note: ") {
+                Some(n) => self.line(Some(("note:", "36")), n),
+                None => self.line(Some(("warning:", "33")), &w),
+            },
             // The error line says why, with the config's stderr (exit 2).
             Note::PlanFailed { .. } => {}
             Note::Done { .. } => {}

@@ -3,7 +3,7 @@
 
 use databuild::state::State;
 
-pub use databuild::refs::{is_glob, is_whole_id, tail};
+pub use databuild::refs::{is_glob, is_whole_id, match_globs, tail};
 
 use crate::exit::CliError;
 

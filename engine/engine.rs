@@ -201,6 +201,8 @@ pub struct BuildSpec {
     pub refs: Vec<String>,
     /// Rebuild them even if AVAILABLE.
     pub force: bool,
+    /// Also rebuild every stale partition the plan needs (`build --stale`).
+    pub stale: bool,
     /// At most this many runs of this request at once (besides the engine's own limit).
     pub cap: Option<usize>,
 }
@@ -399,6 +401,10 @@ enum Msg {
         observer: Arc<dyn Observer>,
         reply: Reply<Result<Resumed, String>>,
     },
+    Taint {
+        spec: crate::freshness::TaintSpec,
+        reply: Reply<Vec<crate::freshness::Taint>>,
+    },
     Close,
     /// A planning task's answer (the request id guards against a reused slot).
     Planned {
@@ -431,6 +437,7 @@ impl std::fmt::Debug for Msg {
             Msg::Execute { .. } => "Execute",
             Msg::Cancel { .. } => "Cancel",
             Msg::Resume { .. } => "Resume",
+            Msg::Taint { .. } => "Taint",
             Msg::Close => "Close",
             Msg::Planned { .. } => "Planned",
             Msg::Released(_) => "Released",
@@ -483,6 +490,17 @@ impl EngineHandle {
     pub async fn cancel(&self, request: &str, reason: &str) -> Result<CancelOutcome, EngineError> {
         let (request, reason) = (request.to_string(), reason.to_string());
         self.ask(|reply| Msg::Cancel { request, reason, reply }).await
+    }
+
+    /// Taints `spec.refs` (and with `downstream`, what was built from them): one
+    /// PARTITION_TAINTED per AVAILABLE partition, recorded without a build request, in one commit.
+    /// Answers what it tainted once that is durable (empty: nothing matched an AVAILABLE
+    /// partition, and nothing was written).
+    pub async fn taint(
+        &self,
+        spec: crate::freshness::TaintSpec,
+    ) -> Result<Vec<crate::freshness::Taint>, EngineError> {
+        self.ask(|reply| Msg::Taint { spec, reply }).await
     }
 
     /// Resumes every interrupted request in the log (what `recover` and `serve` do at start).
@@ -698,6 +716,7 @@ impl Loop {
                 self.commit(Vec::new(), Some(Msg::Reply(Box::new(move || drop(reply.send(out))))));
             }
             Msg::Resume { observer, reply } => self.on_resume(observer, reply),
+            Msg::Taint { spec, reply } => self.on_taint(&spec, reply),
             Msg::Close => self.closing = true,
             Msg::Planned { exec, request, result } => self.on_planned(exec, &request, result),
             Msg::Released(run) => self.on_released(&run),
@@ -725,6 +744,35 @@ impl Loop {
                 self.fail_fatally(why);
             }
         }
+    }
+
+    /// Records the taints of `spec` (see [`EngineHandle::taint`]).
+    fn on_taint(
+        &mut self,
+        spec: &crate::freshness::TaintSpec,
+        reply: Reply<Vec<crate::freshness::Taint>>,
+    ) {
+        let targets = crate::freshness::taint_targets(&self.store.state(), spec);
+        if self.fatal.is_some() {
+            return; // the caller hears the engine closed
+        }
+        if targets.is_empty() {
+            let _ = reply.send(Vec::new());
+            return;
+        }
+        let events = targets
+            .iter()
+            .map(|t| {
+                ev::partition(
+                    "",
+                    &t.partition,
+                    PartitionStatus::PartitionTainted,
+                    &t.job_run_id,
+                    &t.message(&spec.reason),
+                )
+            })
+            .collect();
+        self.commit(events, Some(Msg::Reply(Box::new(move || drop(reply.send(targets))))));
     }
 
     // ---- requests ------------------------------------------------------------------------------
@@ -772,8 +820,9 @@ impl Loop {
             let state = self.store.state();
             refs.iter().all(|r| state.is_available(r))
         };
+        let rebuild = planner::Rebuild { force: spec.force, stale: spec.stale };
         if all_available
-            && let Ok(mut p) = planner::Planner::new(&self.graph, &refs, false)
+            && let Ok(mut p) = planner::Planner::new(&self.graph, &refs, rebuild)
             && let Ok(calls) = p.next_calls(&*self.store)
             && calls.is_empty()
         {
@@ -781,7 +830,7 @@ impl Loop {
             self.on_planned(e, &req, result);
             return;
         }
-        self.start_planning(e, req, refs, spec.force);
+        self.start_planning(e, req, refs, rebuild);
     }
 
     /// Stages a new request's acceptance and adds its execution (planning); answers its id once
@@ -811,7 +860,14 @@ impl Loop {
         req
     }
 
-    fn start_planning(&mut self, e: usize, req: String, refs: Vec<String>, force: bool) {
+    fn start_planning(
+        &mut self,
+        e: usize,
+        req: String,
+        refs: Vec<String>,
+        rebuild: impl Into<planner::Rebuild>,
+    ) {
+        let rebuild = rebuild.into();
         let (graph, store, tx) = (self.graph.clone(), self.store.clone(), self.tx.clone());
         let configure = self.settings.configure.clone();
         let jobs = self.settings.jobs;
@@ -824,7 +880,7 @@ impl Loop {
                 &graph,
                 &*store,
                 &refs,
-                force,
+                rebuild,
                 jobs,
                 Some(&r),
                 Some(&logs),
@@ -913,7 +969,7 @@ impl Loop {
     ) -> (Vec<BuildEvent>, Vec<(String, String)>, usize) {
         let building = self.building_elsewhere(e);
         let request = self.execs[e].request.clone();
-        let pc = plan_commit(&self.store, &request, plan, &building);
+        let pc = plan_commit(&self.store, &self.graph, &request, plan, &building);
         let mut x = pc.exec;
         let old = &mut self.execs[e];
         x.observer = old.observer.clone();
@@ -1601,6 +1657,7 @@ impl Loop {
         let mut j = ev::job(&x.request, &run, &node.job, &node.outputs);
         j.config = Some(node.config.clone());
         j.attempt = attempt;
+        j.version = self.graph.recorded_version(&node.job);
         let event = j.event(JobStatus::JobScheduled);
         x.nodes[n] = NodeState::Queued { run, attempt };
         x.ready.push_back(n);
@@ -1732,6 +1789,7 @@ pub struct PlanCommit {
 /// staged.
 pub fn plan_commit(
     store: &Store,
+    graph: &Graph,
     request: &str,
     plan: Plan,
     building: &HashMap<String, String>,
@@ -1766,6 +1824,7 @@ pub fn plan_commit(
         let id = store.new_id();
         let mut j = ev::job(&request, &id, label, refs);
         j.message = format!("skipped: already AVAILABLE (built by run {})", runs.join(", "));
+        j.version = graph.recorded_version(label);
         events.push(j.event(JobStatus::JobSkipped));
     }
     let mut analyzed = HashSet::new();
@@ -1802,6 +1861,7 @@ pub fn plan_commit(
             let mut j = ev::job(&request, &run, &node.job, &node.outputs);
             j.config = Some(node.config.clone());
             j.attempt = 1;
+            j.version = graph.recorded_version(&node.job);
             events.push(j.event(JobStatus::JobScheduled));
             x.nodes[i] = NodeState::Queued { run, attempt: 1 };
             x.ready.push_back(i);

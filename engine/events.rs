@@ -127,6 +127,8 @@ pub struct Job<'a> {
     pub exit_code: i32,
     /// Signal number.
     pub signal: i32,
+    /// The job's version (SCHEDULED, SKIPPED): `Some("")` when the graph sets none.
+    pub version: Option<String>,
 }
 
 /// A job event skeleton.
@@ -153,6 +155,7 @@ impl Job<'_> {
                 failure: self.failure.map_or(0, |f| f as i32),
                 exit_code: self.exit_code,
                 signal: self.signal,
+                version: self.version,
             }),
         )
     }

@@ -40,6 +40,9 @@ pub struct Job {
     pub max_concurrency: Option<u32>,
     /// Where a partition's data lives (`output_path`), if the graph file says.
     pub output_path: Option<OutputPath>,
+    /// The job's `version`, if the graph file says (recorded with each run; a change makes what
+    /// the job built before stale).
+    pub version: Option<String>,
 }
 
 /// A job's `output_path`: a path relative to the graph file's directory, with `{ref}` (the ref)
@@ -241,6 +244,31 @@ struct JobToml {
     retries: Option<u32>,
     max_concurrency: Option<u32>,
     output_path: Option<String>,
+    version: Option<toml::Value>,
+}
+
+/// Checks a job's `version`: a string (or a whole number, read as its digits), non-empty, at most
+/// 100 characters, with no whitespace or control characters (it is printed as `job version A -> B`).
+fn job_version(v: &toml::Value) -> Result<String, String> {
+    let s = match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(n) => n.to_string(),
+        other => {
+            return Err(format!(
+                "key 'version' is a {}; write a string such as version = \"2\"",
+                other.type_str()
+            ));
+        }
+    };
+    if s.is_empty() {
+        return Err("key 'version' is empty; remove it or give a version such as \"2\"".into());
+    }
+    if s.chars().count() > 100 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "key 'version' is {s:?}; a version is at most 100 characters, without spaces or control characters"
+        ));
+    }
+    Ok(s)
 }
 
 /// Whether `c` is invisible or reorders text around it: zero-width characters (U+200B–U+200D),
@@ -437,8 +465,10 @@ impl Graph {
                 Some(t) => Some(output_path(t, &j.partition_patterns).map_err(&job_err)?),
                 None => None,
             };
+            let version = j.version.as_ref().map(job_version).transpose().map_err(&job_err)?;
             jobs.push(Job {
                 output_path: out_path,
+                version,
                 label: j.label,
                 entrypoint,
                 entrypoint_text: j.entrypoint,
@@ -481,6 +511,13 @@ impl Graph {
                 Err(LookupError::Conflict(r.to_string(), names.join(" and ")))
             }
         }
+    }
+
+    /// The version to record with a run of job `label` (`Some("")` when the job sets none; `None`
+    /// when the graph has no such job, so nothing is claimed).
+    pub fn recorded_version(&self, label: &str) -> Option<String> {
+        let j = self.job(label)?;
+        Some(self.jobs[j].version.clone().unwrap_or_default())
     }
 
     /// Why `r`'s data is not where its job's `output_path` says: `output missing: PATH` (or why

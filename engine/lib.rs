@@ -13,6 +13,7 @@ pub mod engine;
 pub mod events;
 pub mod execute;
 pub mod executor;
+pub mod freshness;
 pub mod graph;
 pub mod planner;
 pub mod proto;

@@ -161,17 +161,82 @@ fn node(job: String, config: JobConfig) -> Node {
 pub trait Catalog: Sync {
     /// Whether the catalog shows `partition` AVAILABLE.
     fn is_available(&self, partition: &str) -> bool;
+
+    /// For each of `refs`, why it is stale (its reasons, `; `-joined), with `graph`'s versions laid
+    /// over the log's (see [`crate::freshness`]); `None` when fresh. A catalog without history
+    /// knows nothing stale.
+    fn stale_reasons(&self, graph: &Graph, refs: &[String]) -> Vec<Option<String>> {
+        let _ = graph;
+        vec![None; refs.len()]
+    }
+
+    /// The MATERIALIZE inputs the run behind `partition`'s current AVAILABLE instance read. A
+    /// catalog without history knows none.
+    fn materialize_inputs(&self, partition: &str) -> Vec<String> {
+        let _ = partition;
+        Vec::new()
+    }
+}
+
+fn materialize_inputs(state: &State, partition: &str) -> Vec<String> {
+    let Some((_, run)) = state.catalog.get(partition).and_then(|c| c.available.last().cloned())
+    else {
+        return Vec::new();
+    };
+    let Some(r) = state.runs.get(&run) else { return Vec::new() };
+    r.inputs
+        .iter()
+        .filter(|i| i.dep_type == DepType::Materialize)
+        .map(|i| i.partition.to_string())
+        .collect()
+}
+
+fn stale_reasons(state: &State, graph: &Graph, refs: &[String]) -> Vec<Option<String>> {
+    let f = crate::freshness::Freshness::with_graph(state, graph);
+    refs.iter()
+        .map(|r| {
+            f.stale(r).map(|s| s.reasons.iter().map(|x| x.text()).collect::<Vec<_>>().join("; "))
+        })
+        .collect()
 }
 
 impl Catalog for State {
     fn is_available(&self, partition: &str) -> bool {
         State::is_available(self, partition)
     }
+    fn stale_reasons(&self, graph: &Graph, refs: &[String]) -> Vec<Option<String>> {
+        stale_reasons(self, graph, refs)
+    }
+    fn materialize_inputs(&self, partition: &str) -> Vec<String> {
+        materialize_inputs(self, partition)
+    }
 }
 
 impl Catalog for crate::store::Store {
     fn is_available(&self, partition: &str) -> bool {
         self.state().is_available(partition)
+    }
+    fn stale_reasons(&self, graph: &Graph, refs: &[String]) -> Vec<Option<String>> {
+        stale_reasons(&self.state(), graph, refs)
+    }
+    fn materialize_inputs(&self, partition: &str) -> Vec<String> {
+        materialize_inputs(&self.state(), partition)
+    }
+}
+
+/// What a plan rebuilds although it is AVAILABLE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rebuild {
+    /// `--force`: the requested refs.
+    pub force: bool,
+    /// `--stale`: every stale partition the plan needs (upstream ones included).
+    pub stale: bool,
+}
+
+impl From<bool> for Rebuild {
+    /// `--force` or not.
+    fn from(force: bool) -> Rebuild {
+        Rebuild { force, stale: false }
     }
 }
 
@@ -192,16 +257,22 @@ pub struct Planner<'g> {
     implicit: Vec<(String, String, String)>,
     /// AVAILABLE refs planned again because their `output_path` is gone: `output missing: ...`.
     missing: Vec<String>,
+    /// `--stale`: stale AVAILABLE refs are planned again.
+    rebuild_stale: bool,
+    /// Stale AVAILABLE refs satisfied as they are (without `--stale`).
+    stale_skipped: BTreeSet<String>,
 }
 
 impl<'g> Planner<'g> {
     /// Starts planning `requested` (looked up now: a bad ref fails before anything runs). With
-    /// `force`, the requested refs are rebuilt even if AVAILABLE.
+    /// `force`, the requested refs are rebuilt even if AVAILABLE; with `stale`, every stale
+    /// partition it needs.
     pub fn new(
         graph: &'g Graph,
         requested: &[String],
-        force: bool,
+        rebuild: impl Into<Rebuild>,
     ) -> Result<Planner<'g>, PlanError> {
+        let Rebuild { force, stale } = rebuild.into();
         for r in requested {
             graph.owner(r)?;
         }
@@ -217,6 +288,8 @@ impl<'g> Planner<'g> {
             dropped: Vec::new(),
             implicit: Vec::new(),
             missing: Vec::new(),
+            rebuild_stale: stale,
+            stale_skipped: BTreeSet::new(),
         };
         for r in requested {
             if p.seen.insert(r.clone()) {
@@ -228,20 +301,67 @@ impl<'g> Planner<'g> {
 
     /// The calls needed next: one group per owning job (chunked by argv size). AVAILABLE refs are
     /// satisfied here without a call. Empty when planning is complete.
+    ///
+    /// With `--stale`, a satisfied ref one of whose inputs this plan rebuilds would be stale right
+    /// after the build (`input X rebuilt`), so it is planned again too, to a fixpoint.
     pub fn next_calls(&mut self, state: &dyn Catalog) -> Result<Vec<ConfigCall>, PlanError> {
-        let mut by_job: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        while let Some((r, needed_by)) = self.queue.pop_front() {
-            if self.producer.contains_key(&r) {
-                continue;
+        loop {
+            let calls = self.next_calls_once(state)?;
+            if !calls.is_empty() || !self.rebuild_stale {
+                return Ok(calls);
             }
+            let promote: Vec<String> = self
+                .satisfied
+                .iter()
+                .filter(|r| {
+                    state.materialize_inputs(r).iter().any(|i| self.producer.contains_key(i))
+                })
+                .cloned()
+                .collect();
+            if promote.is_empty() {
+                return Ok(calls);
+            }
+            for r in promote {
+                self.satisfied.remove(&r);
+                self.stale_skipped.remove(&r);
+                self.missing.push(format!("stale: {r} is built again (an input is rebuilt first)"));
+                self.forced.insert(r.clone());
+                self.queue.push_back((r, None));
+            }
+        }
+    }
+
+    fn next_calls_once(&mut self, state: &dyn Catalog) -> Result<Vec<ConfigCall>, PlanError> {
+        let mut by_job: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        let popped: Vec<(String, Option<String>)> = std::iter::from_fn(|| self.queue.pop_front())
+            .filter(|(r, _)| !self.producer.contains_key(r))
+            .collect();
+        // AVAILABLE in the log; kept as it is unless its data is gone or (`--stale`) it is stale.
+        let available: Vec<String> = popped
+            .iter()
+            .filter(|(r, _)| !self.forced.contains(r) && state.is_available(r))
+            .map(|(r, _)| r.clone())
+            .collect();
+        let stale: HashMap<String, String> = if available.is_empty() {
+            HashMap::new()
+        } else {
+            let why = state.stale_reasons(self.graph, &available);
+            available.into_iter().zip(why).filter_map(|(r, w)| Some((r, w?))).collect()
+        };
+        for (r, needed_by) in popped {
             if !self.forced.contains(&r) && state.is_available(&r) {
-                // AVAILABLE in the log, but with `output_path` only if its data is still there.
-                match self.missing_output(&r) {
-                    None => {
+                match (self.missing_output(&r), stale.get(&r)) {
+                    (Some(why), _) => self.missing.push(format!("{why} ({r} is built again)")),
+                    (None, Some(why)) if self.rebuild_stale => {
+                        self.missing.push(format!("stale: {r} is built again ({why})"));
+                    }
+                    (None, why) => {
+                        if why.is_some() {
+                            self.stale_skipped.insert(r.clone());
+                        }
                         self.satisfied.insert(r);
                         continue;
                     }
-                    Some(why) => self.missing.push(format!("{why} ({r} is built again)")),
                 }
             }
             let job = match (self.graph.owner(&r), needed_by) {
@@ -365,6 +485,11 @@ impl<'g> Planner<'g> {
             finish(self.graph.label.clone(), self.requested, self.nodes, self.satisfied)?;
         plan.dropped = self.dropped;
         plan.warnings = self.missing;
+        let skipped = self.stale_skipped.iter().filter(|r| plan.satisfied.contains(*r)).count();
+        if skipped > 0 {
+            plan.warnings
+                .push(format!("note: skipped {skipped} stale partitions (--stale rebuilds them)"));
+        }
         Ok(plan)
     }
 
@@ -515,11 +640,12 @@ pub async fn plan(
     graph: &Graph,
     state: &dyn Catalog,
     requested: &[String],
-    force: bool,
+    rebuild: impl Into<Rebuild>,
     jobs: usize,
     build_request_id: Option<&str>,
     log_dir: Option<&std::path::Path>,
 ) -> Result<Plan, PlanError> {
+    let force = rebuild.into();
     let graph = std::sync::Arc::new(graph.clone());
     plan_with(&Processes, &graph, state, requested, force, jobs, build_request_id, log_dir).await
 }
@@ -531,12 +657,12 @@ pub async fn plan_with(
     graph: &std::sync::Arc<Graph>,
     state: &dyn Catalog,
     requested: &[String],
-    force: bool,
+    rebuild: impl Into<Rebuild>,
     jobs: usize,
     build_request_id: Option<&str>,
     log_dir: Option<&std::path::Path>,
 ) -> Result<Plan, PlanError> {
-    let mut planner = Planner::new(graph, requested, force)?;
+    let mut planner = Planner::new(graph, requested, rebuild)?;
     let mut counter: BTreeMap<usize, usize> = BTreeMap::new();
     loop {
         let calls = planner.next_calls(state)?;
@@ -588,10 +714,10 @@ pub async fn analyze(
     graph: &Graph,
     state: &State,
     refs: &[String],
-    force: bool,
+    rebuild: impl Into<Rebuild>,
     jobs: usize,
 ) -> Result<Plan, PlanError> {
-    plan(graph, state, refs, force, jobs, None, None).await
+    plan(graph, state, refs, rebuild, jobs, None, None).await
 }
 
 #[cfg(test)]

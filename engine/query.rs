@@ -7,9 +7,10 @@ use std::collections::{BTreeSet, HashSet};
 
 use databuild_log::Reader;
 
+use crate::freshness::Freshness;
 use crate::proto::build_event::EventType;
 use crate::proto::{BuildEvent, DepType, JobConfig, PartitionStatus};
-use crate::state::State;
+use crate::state::{Stale, State};
 use crate::store::{self, StoreError};
 
 /// One line of `status`.
@@ -27,10 +28,18 @@ pub struct StatusRow {
     pub seq: u64,
     /// Its message.
     pub message: String,
+    /// Whether (and why) it is stale (AVAILABLE only).
+    pub stale: Option<Stale>,
 }
 
 /// Status rows for `refs`, or for every partition the log has seen when `refs` is empty.
 pub fn status_rows(state: &State, refs: &[String]) -> Vec<StatusRow> {
+    status_rows_with(&Freshness::of_log(state), refs)
+}
+
+/// [`status_rows`], with staleness as `fresh` sees it (the graph's versions laid over the log's).
+pub fn status_rows_with(fresh: &Freshness<'_>, refs: &[String]) -> Vec<StatusRow> {
+    let state = fresh.state();
     let row = |p: &str| {
         let f = state.catalog.get(p).and_then(|c| c.shown());
         StatusRow {
@@ -40,6 +49,7 @@ pub fn status_rows(state: &State, refs: &[String]) -> Vec<StatusRow> {
             build_request_id: f.map(|f| f.build_request_id.to_string()).unwrap_or_default(),
             seq: f.map_or(0, |f| f.seq),
             message: f.map(|f| f.message.clone()).unwrap_or_default(),
+            stale: fresh.stale(p),
         }
     };
     if refs.is_empty() {
@@ -131,6 +141,8 @@ pub struct LineageNode {
     pub env_keys: Vec<String>,
     /// If the partition was rebuilt after this instance was read: the seq of that rebuild.
     pub rebuilt_since_seq: Option<u64>,
+    /// If this instance was tainted (`databuild taint`): the seq of the taint.
+    pub tainted_at_seq: Option<u64>,
     /// Whether this instance appeared earlier in the tree (text shows "see above").
     pub repeated: bool,
     /// Inputs (upstream) or what was built from it (downstream).
@@ -177,6 +189,11 @@ fn instance(
         seq,
         ..LineageNode::default()
     };
+    n.tainted_at_seq = state
+        .catalog
+        .get(partition)
+        .filter(|c| c.available.last().is_some_and(|(_, r)| &**r == run))
+        .and_then(|c| c.tainted);
     if let Some(r) = state.runs.get(run) {
         n.job_label = r.job_label.to_string();
         n.build_request_id = r.request.to_string();
@@ -326,6 +343,8 @@ pub enum Reason {
     Building,
     /// The log has never seen it.
     NeverRequested,
+    /// `databuild taint` marked its AVAILABLE instance bad.
+    Tainted,
 }
 
 impl Reason {
@@ -338,6 +357,7 @@ impl Reason {
             Reason::UpstreamFailed => "upstream_failed",
             Reason::Building => "building",
             Reason::NeverRequested => "never_requested",
+            Reason::Tainted => "tainted",
         }
     }
 }
@@ -361,10 +381,24 @@ pub struct Explanation {
     pub message: String,
     /// For a failed run: its exit code.
     pub exit_code: Option<i32>,
+    /// Whether (and why, with each reason's seq) it is stale (AVAILABLE only).
+    pub stale: Option<Stale>,
 }
 
 /// Explains `partition` from the latest partition event about it, in any request.
 pub fn explain(state: &State, partition: &str) -> Explanation {
+    explain_with(&Freshness::of_log(state), partition)
+}
+
+/// [`explain`], with staleness as `fresh` sees it.
+pub fn explain_with(fresh: &Freshness<'_>, partition: &str) -> Explanation {
+    let state = fresh.state();
+    let mut e = explain_facts(state, partition);
+    e.stale = fresh.stale(partition);
+    e
+}
+
+fn explain_facts(state: &State, partition: &str) -> Explanation {
     let status = state.partition_status(partition);
     let latest = state
         .keys_for(partition)
@@ -379,7 +413,25 @@ pub fn explain(state: &State, partition: &str) -> Explanation {
         build_request_id: String::new(),
         message: format!("'{partition}' has never been requested or built"),
         exit_code: None,
+        stale: None,
     };
+    if status == PartitionStatus::PartitionTainted
+        && let Some(f) = state.catalog.get(partition).and_then(|c| c.shown())
+    {
+        let run = state.runs.get(&*f.job_run_id);
+        e.reason = Reason::Tainted;
+        e.seq = f.seq;
+        e.job_run_id = f.job_run_id.to_string();
+        e.build_request_id = run.map(|r| r.request.to_string()).unwrap_or_default();
+        let why = if f.message.is_empty() { String::new() } else { format!(": {}", f.message) };
+        e.message = format!(
+            "tainted at seq {}{why} (the instance built by {} run {}); the next build that needs it builds it again",
+            f.seq,
+            run.map_or("?", |r| &*r.job_label),
+            f.job_run_id
+        );
+        return e;
+    }
     let Some((req, k)) = latest else { return e };
     e.seq = k.seq;
     e.build_request_id = req.to_string();

@@ -162,6 +162,12 @@ pub struct Run {
     pub manifest_times: Option<(i64, i64)>,
     /// From the manifest of a completed run: what it read.
     pub inputs: Vec<RunInput>,
+    /// The job's version recorded on its first event (`Some("")`: the graph set none; `None`: not
+    /// recorded, by an older databuild).
+    pub version: Option<String>,
+    /// Whether what this completed run built is stale, and why (kept while the run is the latest
+    /// AVAILABLE instance of one of its outputs; see [`fresh`]).
+    pub stale: Option<Stale>,
 }
 
 impl Run {
@@ -212,6 +218,9 @@ pub struct CatalogEntry {
     pub latest: Option<Fact>,
     /// Every AVAILABLE instance: (seq, job run id), oldest first.
     pub available: Vec<(u64, Sym)>,
+    /// Seq of the PARTITION_TAINTED that marked the latest AVAILABLE instance bad (cleared by the
+    /// next AVAILABLE instance).
+    pub tainted: Option<u64>,
 }
 
 impl CatalogEntry {
@@ -253,6 +262,11 @@ pub struct State {
     pub catalog: Table<CatalogEntry>,
     /// Lineage, downstream: for each ref, the completed runs whose manifests list it as an input.
     pub readers: Table<Vec<Sym>>,
+    /// Per job label, the completed runs that recorded a version (what a version change may make
+    /// stale).
+    pub versioned_runs: Table<Vec<Sym>>,
+    /// Per job label, its latest recorded version and the seq that first recorded it.
+    pub job_versions: FxHashMap<Sym, (String, u64)>,
     /// Engine events.
     pub engine: Vec<EngineRecord>,
     /// Seq of the last event applied (0: none).
@@ -276,6 +290,8 @@ impl PartialEq for State {
             && self.keys == o.keys
             && self.catalog == o.catalog
             && self.readers == o.readers
+            && self.versioned_runs == o.versioned_runs
+            && self.job_versions == o.job_versions
             && self.engine == o.engine
             && self.last_seq == o.last_seq
             && self.last_ts == o.last_ts
@@ -314,6 +330,7 @@ impl State {
         self.keys.reserve(n / 32);
         self.catalog.reserve(n / 8);
         self.readers.reserve(n / 16);
+        self.versioned_runs.reserve(n / 1024);
         self.interner.set.reserve(n / 3);
     }
 
@@ -344,7 +361,10 @@ impl State {
             });
         };
         let req = ev.build_request_id.as_str();
-        if !matches!(body, EventType::EngineEvent(_)) {
+        // A taint is recorded without a build request (checked in `taint_event`).
+        let taint = matches!(body, EventType::PartitionEvent(e)
+            if e.status == PartitionStatus::PartitionTainted as i32);
+        if !matches!(body, EventType::EngineEvent(_)) && !taint {
             self.check_request_open(seq, req)?;
         }
         match body {
@@ -573,6 +593,9 @@ impl State {
         if part.is_empty() {
             return Err(bad("no partition ref".into()));
         }
+        if to == P::PartitionTainted {
+            return self.taint_event(seq, req, part, e);
+        }
         if !self.requests.contains_key(req) {
             return Err(bad("unknown build request".into()));
         }
@@ -653,9 +676,11 @@ impl State {
             message: e.message.clone(),
         };
         let entry = self.catalog.or_default(part_sym.clone());
+        let new_instance = !run_id.is_empty() && to == P::PartitionAvailable;
         if !run_id.is_empty() {
             if to == P::PartitionAvailable {
                 entry.available.push((seq, run_sym.clone()));
+                entry.tainted = None;
             }
             entry.by_run = Some(fact());
             entry.latest = None;
@@ -663,7 +688,10 @@ impl State {
             entry.latest = Some(fact());
         }
         let key = Key { status: to, seq, job_run_id: run_sym.clone(), message: e.message.clone() };
-        self.keys.or_default(req_sym).insert(part_sym, key);
+        self.keys.or_default(req_sym).insert(part_sym.clone(), key);
+        if new_instance {
+            self.new_instance(seq, &part_sym, &run_sym);
+        }
         Ok(())
     }
 
@@ -718,8 +746,14 @@ impl State {
                 process: None,
                 manifest_times: None,
                 inputs: Vec::new(),
+                version: e.version.clone(),
+                stale: None,
             };
+            let label_sym = run.job_label.clone();
             self.runs.insert(id_sym.clone(), run);
+            if let Some(v) = &e.version {
+                self.record_version(seq, &label_sym, v);
+            }
             if let Some(r) = self.requests.get_mut(req) {
                 r.runs.push(id_sym);
                 if to == J::JobScheduled {
@@ -823,6 +857,13 @@ impl State {
                 self.readers.or_default(p).push(id_sym.clone());
             }
         }
+        if to == J::JobCompleted
+            && let Some(run) = self.runs.get(id)
+            && run.version.is_some()
+        {
+            let (label, id_sym) = (run.job_label.clone(), run.id.clone());
+            self.versioned_runs.or_default(label).push(id_sym);
+        }
         Ok(())
     }
 
@@ -864,8 +905,11 @@ impl State {
     }
 }
 
+pub mod fresh;
 pub mod snapshot;
 pub mod table;
+
+pub use fresh::{Stale, StaleReason};
 
 pub use table::Table;
 

@@ -14,6 +14,7 @@ use std::path::Path;
 use databuild_log::Reader;
 use serde_json::{Value, json};
 
+use crate::freshness::Freshness;
 use crate::graph::Graph;
 use crate::proto::build_event::EventType;
 use crate::proto::{BuildEvent, DepType};
@@ -46,18 +47,21 @@ pub enum ViewError {
 /// The refs `status` shows for `typed` (brace ranges expanded, globs matched against the log; see
 /// [`refs::match_globs`]). Empty `typed`: every partition; refs given but no glob matched:
 /// none.
+///
+/// `fresh` says which AVAILABLE partitions are stale (now: the graph's versions laid over the
+/// log's; in the past: the log alone); `glob_graph` tells a glob from a ref with `*` or `?`.
 pub fn status_rows(
-    state: &State,
+    fresh: &Freshness<'_>,
     typed: &[String],
-    graph: Option<&Graph>,
+    glob_graph: Option<&Graph>,
 ) -> Result<Vec<StatusRow>, ViewError> {
     let expanded = refs::expand(typed).map_err(ViewError::BadInput)?;
-    let matched = refs::match_globs(state, &expanded, graph);
+    let matched = refs::match_globs(fresh.state(), &expanded, glob_graph);
     // Globs that match nothing give no rows (not every row, as no refs would).
     Ok(if !typed.is_empty() && matched.is_empty() {
         Vec::new()
     } else {
-        query::status_rows(state, &matched)
+        query::status_rows_with(fresh, &matched)
     })
 }
 
@@ -75,16 +79,21 @@ pub fn status_json(r: &StatusRow) -> Value {
     if r.seq > 0 {
         v.insert("seq".into(), r.seq.into());
     }
+    v.insert("stale".into(), r.stale.is_some().into());
+    if let Some(st) = &r.stale {
+        let why: Vec<String> = st.reasons.iter().map(|x| x.text()).collect();
+        v.insert("staleReasons".into(), why.into());
+    }
     Value::Object(v)
 }
 
-/// `status [REF...] --format json`.
+/// `status [REF...] --format json` (see [`status_rows`]).
 pub fn status(
-    state: &State,
+    fresh: &Freshness<'_>,
     typed: &[String],
-    graph: Option<&Graph>,
+    glob_graph: Option<&Graph>,
 ) -> Result<Vec<Value>, ViewError> {
-    Ok(status_rows(state, typed, graph)?.iter().map(status_json).collect())
+    Ok(status_rows(fresh, typed, glob_graph)?.iter().map(status_json).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -298,22 +307,30 @@ pub fn explain_json(e: &Explanation, tail: &[String]) -> Value {
     if let Some(c) = e.exit_code {
         v.insert("exitCode".into(), c.into());
     }
+    v.insert("stale".into(), e.stale.is_some().into());
+    if let Some(st) = &e.stale {
+        let why: Vec<String> = st.reasons.iter().map(|x| x.text()).collect();
+        v.insert("staleReasons".into(), why.into());
+        let seqs: Vec<u64> = st.reasons.iter().map(|x| x.seq()).collect();
+        v.insert("staleReasonSeqs".into(), seqs.into());
+    }
     Value::Object(v)
 }
 
-/// `explain REF --format json`.
+/// `explain REF --format json` (`fresh`: as for [`status_rows`]; `graph`: the graph file, for
+/// globs).
 pub fn explain(
-    state: &State,
+    fresh: &Freshness<'_>,
     typed: &str,
     graph: Option<&Graph>,
     logs_dir: &Path,
 ) -> Result<Vec<Value>, ViewError> {
     let expanded = explain_typed(typed)?;
-    let refs = explain_refs(state, typed, &expanded, graph)?;
+    let refs = explain_refs(fresh.state(), typed, &expanded, graph)?;
     Ok(refs
         .iter()
         .map(|r| {
-            let e = query::explain(state, r);
+            let e = query::explain_with(fresh, r);
             explain_json(&e, &explain_tail(logs_dir, &e))
         })
         .collect())
@@ -359,6 +376,9 @@ pub fn lineage_json(n: &LineageNode, downstream: bool) -> Value {
     v.insert("endTime".into(), n.end_time.into());
     v.insert("args".into(), n.args.clone().into());
     v.insert("envKeys".into(), n.env_keys.clone().into());
+    if let Some(s) = n.tainted_at_seq {
+        v.insert("taintedAtSeq".into(), s.into());
+    }
     if let Some(s) = n.rebuilt_since_seq {
         v.insert("rebuiltSinceSeq".into(), s.into());
     }

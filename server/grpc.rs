@@ -16,8 +16,8 @@ use crate::proto::data_build_service_server::{DataBuildService, DataBuildService
 use crate::proto::{
     BuildRequestStatus, CancelBuildRequest, CancelBuildResponse, GraphAnalyzeRequest,
     GraphAnalyzeResponse, GraphBuildRequest, GraphBuildResponse, GraphExecuteResponse, JobGraph,
-    PartitionManifest, SequencedEvent, StreamEventsRequest, SubmitBuildRequest,
-    SubmitBuildResponse,
+    PartitionManifest, PartitionRef, SequencedEvent, StreamEventsRequest, SubmitBuildRequest,
+    SubmitBuildResponse, TaintPartitionsRequest, TaintPartitionsResponse, TaintedPartition,
 };
 use crate::server::events::{self, Subscription};
 use crate::server::{Shared, Via};
@@ -231,7 +231,7 @@ impl DataBuildService for Grpc {
         self.lookup(&refs)?;
         let plan_failed = Arc::new(parking_lot::Mutex::new(None));
         let (observer, ends) = engine::with_ends(Arc::new(Capture(plan_failed.clone())));
-        let spec = BuildSpec { refs: refs.clone(), force: false, cap: None };
+        let spec = BuildSpec { refs: refs.clone(), force: false, stale: false, cap: None };
         let id = self.0.engine.submit(spec, observer).await.map_err(submit_status)?;
         let manifests = self.finish(id.clone(), refs, ends, plan_failed).await?;
         Ok(with_request_id(GraphBuildResponse { manifests }, &id))
@@ -255,13 +255,24 @@ impl DataBuildControl for Grpc {
         self.authorize(&req)?;
         let r = req.into_inner();
         let refs: Vec<String> = r.outputs.into_iter().map(|p| p.str).collect();
-        self.lookup(&refs)?;
         let cap = (r.max_concurrent_runs > 0).then_some(r.max_concurrent_runs as usize);
         // Every event of the new request comes after what is durable now.
         let since_seq = self.0.store.durable_next_seq();
-        let spec = BuildSpec { refs, force: r.force, cap };
-        let id =
-            self.0.engine.submit(spec, Arc::new(engine::Quiet)).await.map_err(submit_status)?;
+        let quiet = Arc::new(engine::Quiet);
+        let id = match r.graph {
+            Some(_) if !refs.is_empty() => {
+                return Err(Status::invalid_argument(
+                    "send either outputs (to plan and build) or graph (to execute), not both",
+                ));
+            }
+            Some(graph) => self.0.engine.execute(graph, cap, quiet).await,
+            None => {
+                self.lookup(&refs)?;
+                let spec = BuildSpec { refs, force: r.force, stale: r.stale, cap };
+                self.0.engine.submit(spec, quiet).await
+            }
+        }
+        .map_err(submit_status)?;
         Ok(with_request_id(SubmitBuildResponse { build_request_id: id.clone(), since_seq }, &id))
     }
 
@@ -289,6 +300,40 @@ impl DataBuildControl for Grpc {
                 Ok(Response::new(CancelBuildResponse {}))
             }
         }
+    }
+
+    async fn taint_partitions(
+        &self,
+        req: Request<TaintPartitionsRequest>,
+    ) -> Result<Response<TaintPartitionsResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let refs: Vec<String> = r.partitions.into_iter().map(|p| p.str).collect();
+        for p in &refs {
+            crate::graph::check_ref(p).map_err(|e| Status::invalid_argument(lookup_message(&e)))?;
+        }
+        let spec = crate::freshness::TaintSpec {
+            refs: refs.clone(),
+            downstream: r.downstream,
+            reason: r.reason,
+        };
+        let tainted =
+            self.0.engine.taint(spec).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        if tainted.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "'{}' matches no AVAILABLE partition; only AVAILABLE partitions can be tainted (`databuild status` lists them)",
+                refs.join(" ")
+            )));
+        }
+        let tainted = tainted
+            .into_iter()
+            .map(|t| TaintedPartition {
+                partition: Some(PartitionRef { str: t.partition }),
+                job_run_id: t.job_run_id,
+                built_from: t.via.map(|str| PartitionRef { str }),
+            })
+            .collect();
+        Ok(Response::new(TaintPartitionsResponse { tainted }))
     }
 
     type StreamEventsStream = EventStream;

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio_stream::StreamExt as _;
 
 use crate::engine::{BuildSpec, CancelOutcome};
+use crate::freshness::Freshness;
 use crate::graph::LookupError;
 use crate::server::events::{self, Subscription};
 use crate::server::{Shared, Via};
@@ -128,6 +129,8 @@ struct BuildBody {
     partitions: Vec<String>,
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    stale: bool,
 }
 
 async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -150,7 +153,7 @@ async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             return error(StatusCode::BAD_REQUEST, crate::server::grpc::lookup_message(&e));
         }
     }
-    let spec = BuildSpec { refs: b.partitions, force: b.force, cap: None };
+    let spec = BuildSpec { refs: b.partitions, force: b.force, stale: b.stale, cap: None };
     match shared.engine.submit(spec, Arc::new(crate::engine::Quiet)).await {
         Ok(id) => {
             (StatusCode::ACCEPTED, axum::Json(json!({ "buildRequestId": id }))).into_response()
@@ -368,15 +371,16 @@ async fn status(State(shared): State<Arc<Shared>>, q: RawParams) -> Response {
     };
     read_view(shared, move |sh| {
         let values = match at {
+            // Now: the graph's job versions count too; in the past: the log alone (as the CLI).
             None => {
                 let state = sh.view.current()?;
-                views::status(&state, &refs, Some(&sh.graph))?
+                views::status(&Freshness::with_graph(&state, &sh.graph), &refs, Some(&sh.graph))?
             }
             Some(at) => {
                 let until = refs::parse_until("--at", &at)?;
                 let reader = sh.store.reader().map_err(StoreError::Open)?;
                 let state = query::state_at(&reader, until)?;
-                views::status(&state, &refs, Some(&sh.graph))?
+                views::status(&Freshness::of_log(&state), &refs, Some(&sh.graph))?
             }
         };
         array_body(&values)
@@ -424,7 +428,8 @@ async fn explain(State(shared): State<Arc<Shared>>, q: RawParams) -> Response {
                 unknown_ref(sh, &state, t)?;
             }
             let refs = views::explain_refs(&state, &r, &typed, Some(&sh.graph))?;
-            refs.iter().map(|r| query::explain(&state, r)).collect::<Vec<_>>()
+            let fresh = Freshness::with_graph(&state, &sh.graph);
+            refs.iter().map(|r| query::explain_with(&fresh, r)).collect::<Vec<_>>()
         };
         // The output tails are read with the lock released.
         let values: Vec<Value> = values

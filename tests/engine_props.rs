@@ -230,6 +230,7 @@ async fn run_requests(
                 refs: r.refs.iter().map(|i| format!("p/{i}")).collect(),
                 force: r.force,
                 cap: r.cap,
+                ..BuildSpec::default()
             };
             let Ok(id) = h.submit(spec, observer).await else {
                 return (String::new(), None, false);

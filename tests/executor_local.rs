@@ -31,6 +31,7 @@ fn job(dir: &std::path::Path) -> Job {
         retries: 0,
         max_concurrency: None,
         output_path: None,
+        version: None,
     }
 }
 

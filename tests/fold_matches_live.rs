@@ -134,6 +134,7 @@ fn run_case(d: &Dag, plan: &[(Vec<usize>, bool)]) -> Result<(), TestCaseError> {
             refs: refs.iter().map(|i| format!("p/{i}")).collect(),
             force: *force,
             cap: None,
+            ..BuildSpec::default()
         };
         let (observer, mut ends) = with_ends(Arc::new(Quiet));
         rt.block_on(async {

@@ -15,9 +15,9 @@
 //!
 //! The body is laid out to be used in place, not loaded: a string table (every distinct id and
 //! ref once, **sorted**: `n u32 | offsets [u64; n+1] | bytes`), then one table per projection
-//! (requests, runs, keys, catalog, readers), each `n u32 | key string index [u32; n], ascending |
+//! (requests, runs, keys, catalog, readers, versioned runs), each `n u32 | key string index [u32; n], ascending |
 //! entry offsets [u64; n+1] | entries`, then the rest (engine records, last seq and timestamp,
-//! last delegation, the ids of live runs and open requests). Strings inside entries are string
+//! last delegation, the ids of live runs and open requests, the recorded job versions). Strings inside entries are string
 //! table indexes. Opening checks the checksum, then walks every entry once without allocating
 //! (on two threads): after that, each entry is decoded only when the state is asked for it (see
 //! [`super::table`]), so a command on a long log touches what it needs, not the whole history.
@@ -31,7 +31,7 @@ use super::*;
 
 /// Bumped with every change to what the fold computes or to this encoding: older snapshots are
 /// then ignored (and rebuilt), never misread.
-pub const FOLD_VERSION: u32 = 4;
+pub const FOLD_VERSION: u32 = 5;
 /// Magic bytes of a snapshot file.
 pub const MAGIC: [u8; 8] = *b"DBSNAP\x00\x1a";
 const HEADER: usize = 8 + 4 + 16 + 8 + ANCHOR_BYTES + 8;
@@ -154,6 +154,55 @@ impl Writer {
             }
         }
     }
+    fn opt_str(&mut self, v: &Option<String>) {
+        match v {
+            None => self.u8(0),
+            Some(s) => {
+                self.u8(1);
+                self.str(s);
+            }
+        }
+    }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            None => self.u8(0),
+            Some(x) => {
+                self.u8(1);
+                self.u64(x);
+            }
+        }
+    }
+    fn stale(&mut self, v: &Option<Stale>) {
+        let Some(st) = v else { return self.u8(0) };
+        self.u8(1);
+        self.u64(st.since);
+        self.len(st.reasons.len());
+        for r in &st.reasons {
+            match r {
+                StaleReason::Rebuilt { input, seq } => {
+                    self.u8(0);
+                    self.sym(input);
+                    self.u64(*seq);
+                }
+                StaleReason::Version { from, to, seq } => {
+                    self.u8(1);
+                    self.str(from);
+                    self.str(to);
+                    self.u64(*seq);
+                }
+                StaleReason::UpstreamStale { input, seq } => {
+                    self.u8(2);
+                    self.sym(input);
+                    self.u64(*seq);
+                }
+                StaleReason::UpstreamTainted { input, seq } => {
+                    self.u8(3);
+                    self.sym(input);
+                    self.u64(*seq);
+                }
+            }
+        }
+    }
     fn fact(&mut self, f: &Option<Fact>) {
         match f {
             None => self.u8(0),
@@ -253,6 +302,8 @@ fn enc_run(w: &mut Writer, r: &Run) {
         w.i32(i.dep_type as i32);
         w.sym(&i.producer_run);
     }
+    w.opt_str(&r.version);
+    w.stale(&r.stale);
 }
 
 fn enc_keys(w: &mut Writer, m: &FxHashMap<Sym, Key>) {
@@ -276,6 +327,7 @@ fn enc_catalog(w: &mut Writer, c: &CatalogEntry) {
         w.u64(*s);
         w.sym(r);
     }
+    w.opt_u64(c.tainted);
 }
 
 /// Encodes `state` as a snapshot file for log `log_id`, taken after the frame `anchor`.
@@ -287,6 +339,7 @@ pub fn encode(state: &State, log_id: [u8; 16], anchor: Anchor) -> Vec<u8> {
         w.table(state.keys.iter(), enc_keys),
         w.table(state.catalog.iter(), enc_catalog),
         w.table(state.readers.iter(), |w, v| w.syms(v)),
+        w.table(state.versioned_runs.iter(), |w, v| w.syms(v)),
     ];
     let rest_start = w.out.len();
     w.len(state.engine.len());
@@ -310,6 +363,14 @@ pub fn encode(state: &State, log_id: [u8; 16], anchor: Anchor) -> Vec<u8> {
     w.syms(&live);
     let open: Vec<Sym> = state.open_requests().into_iter().map(|r| r.id.clone()).collect();
     w.syms(&open);
+    let mut versions: Vec<(&Sym, &(String, u64))> = state.job_versions.iter().collect();
+    versions.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    w.len(versions.len());
+    for (label, (v, seq)) in versions {
+        w.sym(label);
+        w.str(v);
+        w.u64(*seq);
+    }
 
     // Sort the string table and rewrite every provisional index.
     let mut order: Vec<u32> = (0..w.table.len() as u32).collect();
@@ -489,6 +550,12 @@ impl<'a> Reader<'a> {
     fn skip_en<T: TryFrom<i32>>(&mut self) -> R<()> {
         self.en::<T>().map(|_| ())
     }
+    fn skip_opt_pair_u64(&mut self) -> R<()> {
+        if self.bool()? {
+            self.take(8)?;
+        }
+        Ok(())
+    }
     fn skip_opt_pair(&mut self) -> R<()> {
         if self.bool()? {
             self.take(16)?;
@@ -501,6 +568,37 @@ impl<'a> Reader<'a> {
             self.take(8)?;
             self.skip_sym()?;
             self.skip_sym()?;
+            self.skip_str()?;
+        }
+        Ok(())
+    }
+    fn opt_str(&mut self) -> R<Option<String>> {
+        Ok(if self.bool()? { Some(self.str()?) } else { None })
+    }
+    fn opt_u64(&mut self) -> R<Option<u64>> {
+        Ok(if self.bool()? { Some(self.u64()?) } else { None })
+    }
+    fn stale(&mut self) -> R<Option<Stale>> {
+        if !self.bool()? {
+            return Ok(None);
+        }
+        let since = self.u64()?;
+        let reasons = self.list(13, |r| {
+            Ok(match r.u8()? {
+                0 => StaleReason::Rebuilt { input: r.sym()?, seq: r.u64()? },
+                1 => StaleReason::Version { from: r.str()?, to: r.str()?, seq: r.u64()? },
+                2 => StaleReason::UpstreamStale { input: r.sym()?, seq: r.u64()? },
+                3 => StaleReason::UpstreamTainted { input: r.sym()?, seq: r.u64()? },
+                k => return Err(format!("unknown stale reason kind {k}")),
+            })
+        })?;
+        Ok(Some(Stale { since, reasons }))
+    }
+    fn skip_stale(&mut self) -> R<()> {
+        self.stale().map(|_| ())
+    }
+    fn skip_opt_str(&mut self) -> R<()> {
+        if self.bool()? {
             self.skip_str()?;
         }
         Ok(())
@@ -578,6 +676,8 @@ fn dec_run(r: &mut Reader<'_>, id: Sym) -> R<Run> {
         inputs: r.list(12, |r| {
             Ok(RunInput { partition: r.sym()?, dep_type: r.en()?, producer_run: r.sym()? })
         })?,
+        version: r.opt_str()?,
+        stale: r.stale()?,
     })
 }
 
@@ -594,6 +694,7 @@ fn dec_catalog(r: &mut Reader<'_>, _: Sym) -> R<CatalogEntry> {
         by_run: r.fact()?,
         latest: r.fact()?,
         available: r.list(12, |r| Ok((r.u64()?, r.sym()?)))?,
+        tainted: r.opt_u64()?,
     })
 }
 
@@ -647,7 +748,9 @@ fn chk_run(r: &mut Reader<'_>) -> R<()> {
         r.skip_sym()?;
         r.skip_en::<DepType>()?;
         r.skip_sym()
-    })
+    })?;
+    r.skip_opt_str()?;
+    r.skip_stale()
 }
 
 fn chk_keys(r: &mut Reader<'_>) -> R<()> {
@@ -666,7 +769,8 @@ fn chk_catalog(r: &mut Reader<'_>) -> R<()> {
     r.skip_list(12, |r| {
         r.take(8)?;
         r.skip_sym()
-    })
+    })?;
+    r.skip_opt_pair_u64()
 }
 
 fn chk_readers(r: &mut Reader<'_>) -> R<()> {
@@ -884,8 +988,13 @@ pub(crate) fn decode_on(
     let keys = table(&mut c, &snap, (dec_keys, chk_keys), "keys")?;
     let catalog = table(&mut c, &snap, (dec_catalog, chk_catalog), "catalog")?;
     let readers = table(&mut c, &snap, (dec_readers, chk_readers), "readers")?;
+    let versioned = table(&mut c, &snap, (dec_readers, chk_readers), "versioned runs")?;
     // Every entry decodes (so lookups later cannot fail): runs and readers on a second thread.
-    let theirs = || runs.check_all().and_then(|()| readers.check_all());
+    let theirs = || {
+        runs.check_all()?;
+        readers.check_all()?;
+        versioned.check_all()
+    };
     let mine = || {
         requests.check_all()?;
         keys.check_all()?;
@@ -911,11 +1020,13 @@ pub(crate) fn decode_on(
         last_delegation: if r.bool()? { Some((r.u64()?, r.sym()?, r.sym()?)) } else { None },
         snapshot_live_runs: r.syms()?,
         snapshot_open_requests: r.syms()?,
+        job_versions: r.list(16, |r| Ok((r.sym()?, (r.str()?, r.u64()?))))?.into_iter().collect(),
         requests: Table::from_source(Arc::new(requests)),
         runs: Table::from_source(Arc::new(runs)),
         keys: Table::from_source(Arc::new(keys)),
         catalog: Table::from_source(Arc::new(catalog)),
         readers: Table::from_source(Arc::new(readers)),
+        versioned_runs: Table::from_source(Arc::new(versioned)),
         ..State::default()
     };
     if st.last_seq != seq {

@@ -590,7 +590,77 @@ impl Recorder {
         self.push(ev::partition(r2, "y", P::PartitionFailed, "", "upstream x failed"));
         self.push(ev::engine(EngineEventKind::EngineRecovered, "recovered", 0, 0));
         self.push(ev::request(r2, B::BuildRequestCancelled, ""));
+        // Freshness: versions, a rebuilt input, a taint, a version change.
+        self.fresh("f-1", "ra-1", "ajob", "a", &[], Some("1"));
+        self.fresh("f-2", "rb-1", "bjob", "b", &[("a", "ra-1")], Some(""));
+        self.fresh("f-3", "rc-1", "cjob", "c", &[("b", "rb-1")], None);
+        self.fresh("f-4", "ra-2", "ajob", "a", &[], Some("1"));
+        self.push(taint("a", "ra-2", "bad rows"));
+        self.fresh("f-5", "rb-2", "bjob", "b", &[("a", "ra-2")], Some("2"));
     }
+
+    /// One request that builds `out` with run `run` of job `label`, reading `inputs` (ref, run
+    /// that built the instance read), recording `version`.
+    fn fresh(
+        &mut self,
+        req: &str,
+        run: &str,
+        label: &str,
+        out: &str,
+        inputs: &[(&str, &str)],
+        version: Option<&str>,
+    ) {
+        for e in fresh_build(req, run, label, out, inputs, version) {
+            self.push(e);
+        }
+    }
+}
+
+/// A taint of `part`'s instance built by `run`.
+fn taint(part: &str, run: &str, why: &str) -> BuildEvent {
+    ev::partition("", part, P::PartitionTainted, run, why)
+}
+
+/// The events of one request that builds `out` (see [`Recorder::fresh`]).
+fn fresh_build(
+    req: &str,
+    run: &str,
+    label: &str,
+    out: &str,
+    inputs: &[(&str, &str)],
+    version: Option<&str>,
+) -> Vec<BuildEvent> {
+    let t = refs(&[out]);
+    let mut v = vec![
+        ev::received(req, &t, true, ""),
+        ev::partition(req, out, P::PartitionRequested, "", ""),
+        ev::request(req, B::BuildRequestPlanning, ""),
+        ev::job_graph(req, JobGraph::default()),
+        ev::request(req, B::BuildRequestAnalysisCompleted, ""),
+        ev::request(req, B::BuildRequestExecuting, ""),
+        ev::partition(req, out, P::PartitionAnalyzed, "", ""),
+    ];
+    let mut sch = ev::job(req, run, label, &t);
+    sch.version = version.map(str::to_string);
+    v.push(sch.event(J::JobScheduled));
+    v.push(ev::job(req, run, label, &t).event(J::JobRunning));
+    v.push(ev::partition(req, out, P::PartitionBuilding, run, ""));
+    let mut done = ev::job(req, run, label, &t);
+    let mut m = manifest(&t);
+    m.inputs = inputs
+        .iter()
+        .map(|(p, r)| PartitionManifest {
+            outputs: vec![ev::pref(p)],
+            dep_type: DepType::Materialize as i32,
+            job_run_id: r.to_string(),
+            ..PartitionManifest::default()
+        })
+        .collect();
+    done.manifests = vec![m];
+    v.push(done.event(J::JobCompleted));
+    v.push(ev::partition(req, out, P::PartitionAvailable, run, ""));
+    v.push(ev::request(req, B::BuildRequestCompleted, ""));
+    v
 }
 
 fn fold_all(events: &[BuildEvent], upto: usize) -> State {
@@ -669,7 +739,7 @@ fn snapshot_layout(f: &[u8]) -> (usize, usize, Vec<(usize, usize, usize)>) {
     let str_offsets = 68;
     let mut at = str_offsets + 8 * (n + 1) + u64_at(str_offsets + 8 * n);
     let mut tables = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         let k = u32_at(at);
         let keys = at + 4;
         let offsets = keys + 4 * k;
@@ -769,4 +839,108 @@ fn a_loaded_snapshot_reads_and_changes_like_the_state_it_was_taken_of() {
         p1.sort();
         assert_eq!(p1, p0, "prefix {k}: partitions");
     }
+}
+
+/// The texts of `part`'s stale reasons with their seqs (empty: fresh or not AVAILABLE).
+fn reasons(st: &State, part: &str) -> Vec<(String, u64)> {
+    st.stale(part)
+        .map(|s| s.reasons.iter().map(|r| (r.text(), r.seq())).collect())
+        .unwrap_or_default()
+}
+
+fn fold_events(l: &mut Log, events: Vec<BuildEvent>) -> u64 {
+    for e in events {
+        l.ok(e);
+    }
+    l.state.last_seq
+}
+
+#[test]
+fn a_rebuilt_input_makes_its_readers_stale_once_the_new_instance_is_available() {
+    let mut l = Log::new();
+    let a1 = fold_events(&mut l, fresh_build("q1", "ra-1", "ajob", "a", &[], Some("1")));
+    fold_events(&mut l, fresh_build("q2", "rb-1", "bjob", "b", &[("a", "ra-1")], Some("1")));
+    fold_events(&mut l, fresh_build("q3", "rc-1", "cjob", "c", &[("b", "rb-1")], Some("1")));
+    assert!(reasons(&l.state, "a").is_empty() && reasons(&l.state, "b").is_empty());
+    assert!(reasons(&l.state, "c").is_empty());
+    // Rebuilding a: while it builds, nothing is stale.
+    let mut ev = fresh_build("q4", "ra-2", "ajob", "a", &[], Some("1"));
+    let tail = ev.split_off(ev.len() - 2);
+    fold_events(&mut l, ev);
+    assert_eq!(l.state.partition_status("a"), P::PartitionBuilding);
+    assert!(reasons(&l.state, "b").is_empty(), "an input being rebuilt makes nothing stale");
+    let mut tail = tail.into_iter();
+    l.ok(tail.next().unwrap());
+    let a2 = l.state.last_seq;
+    assert!(a2 > a1);
+    assert_eq!(reasons(&l.state, "a"), vec![], "the new instance is fresh");
+    assert_eq!(reasons(&l.state, "b"), vec![(format!("input a rebuilt at seq {a2}"), a2)]);
+    assert_eq!(reasons(&l.state, "c"), vec![("upstream b is stale".to_string(), a2)]);
+    assert_eq!(l.state.stale("b").map(|s| s.since), Some(a2));
+    // b rebuilt from the new a: b and c's reason about b change, c stays stale.
+    l.ok(tail.next().unwrap());
+    let b2 =
+        fold_events(&mut l, fresh_build("q5", "rb-2", "bjob", "b", &[("a", "ra-2")], Some("1")));
+    let b2_seq = l.state.catalog.get("b").unwrap().available.last().unwrap().0;
+    assert!(b2_seq < b2);
+    assert!(reasons(&l.state, "b").is_empty());
+    assert_eq!(reasons(&l.state, "c"), vec![(format!("input b rebuilt at seq {b2_seq}"), b2_seq)]);
+    assert_eq!(l.state.stale("c").map(|s| s.since), Some(a2), "stale since it first became so");
+}
+
+#[test]
+fn a_version_change_recorded_in_the_log_makes_what_the_job_built_stale() {
+    let mut l = Log::new();
+    fold_events(&mut l, fresh_build("q1", "ra-1", "ajob", "a", &[], None));
+    fold_events(&mut l, fresh_build("q2", "rb-1", "bjob", "b", &[("a", "ra-1")], Some("")));
+    fold_events(&mut l, fresh_build("q3", "rc-1", "cjob", "c", &[("b", "rb-1")], Some("1")));
+    assert!(reasons(&l.state, "b").is_empty());
+    // A skip in a later request records bjob's version "2": b (built with none) is stale, and c.
+    let v2 = fold_events(&mut l, fresh_build("q4", "rx-1", "xjob", "x", &[], Some("1")));
+    let b = refs(&["b"]);
+    let mut s = ev::job("q5", "skip-b", "bjob", &b);
+    s.version = Some("2".into());
+    l.ok(ev::received("q5", &refs(&["b"]), false, ""));
+    l.ok(ev::request("q5", B::BuildRequestPlanning, ""));
+    l.ok(s.event(J::JobSkipped));
+    let at = l.state.last_seq;
+    assert!(at > v2);
+    assert_eq!(reasons(&l.state, "b"), vec![("job version none -> 2".to_string(), at)]);
+    assert_eq!(reasons(&l.state, "c"), vec![("upstream b is stale".to_string(), at)]);
+    assert_eq!(
+        reasons(&l.state, "a"),
+        vec![],
+        "a run without a recorded version is never compared"
+    );
+    assert_eq!(l.state.job_version("bjob"), Some(("2", at)));
+    // Back to none: fresh again, downstream too.
+    let mut s = ev::job("q5", "skip-b2", "bjob", &b);
+    s.version = Some(String::new());
+    l.ok(s.event(J::JobSkipped));
+    assert!(reasons(&l.state, "b").is_empty());
+    assert!(reasons(&l.state, "c").is_empty());
+}
+
+#[test]
+fn a_taint_ranks_with_available_and_makes_readers_stale() {
+    let mut l = Log::new();
+    fold_events(&mut l, fresh_build("q1", "ra-1", "ajob", "a", &[], Some("1")));
+    fold_events(&mut l, fresh_build("q2", "rb-1", "bjob", "b", &[("a", "ra-1")], Some("1")));
+    // Only the AVAILABLE instance the catalog shows, and without a request.
+    assert!(l.push(taint("a", "ra-9", "x")).is_err());
+    assert!(l.push(ev::partition("q2", "a", P::PartitionTainted, "ra-1", "x")).is_err());
+    assert!(l.push(taint("nope", "ra-1", "x")).is_err());
+    l.ok(taint("a", "ra-1", "bad rows"));
+    let t = l.state.last_seq;
+    assert_eq!(l.state.partition_status("a"), P::PartitionTainted);
+    assert_eq!(l.state.tainted("a"), Some(t));
+    assert!(l.state.stale("a").is_none(), "a tainted partition is not AVAILABLE, so not stale");
+    assert_eq!(reasons(&l.state, "b"), vec![("upstream a is tainted".to_string(), t)]);
+    assert!(l.push(taint("a", "ra-1", "again")).is_err(), "a tainted partition is not AVAILABLE");
+    // Rebuilt: AVAILABLE again, no longer tainted; b read the tainted instance, a newer exists.
+    fold_events(&mut l, fresh_build("q3", "ra-2", "ajob", "a", &[], Some("1")));
+    let a2 = l.state.catalog.get("a").unwrap().available.last().unwrap().0;
+    assert_eq!(l.state.partition_status("a"), P::PartitionAvailable);
+    assert_eq!(l.state.tainted("a"), None);
+    assert_eq!(reasons(&l.state, "b"), vec![(format!("input a rebuilt at seq {a2}"), a2)]);
 }
