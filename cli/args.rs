@@ -101,6 +101,12 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// The graph's jobs and their patterns; with REF..., the plan a build would run (as analyze)
     Graph(GraphArgs),
+    /// Internal: the batch script of one Slurm job (runs the job run described in RUN_DIR)
+    #[command(name = "__slurm-run", hide = true)]
+    SlurmRun {
+        /// The run's directory (`.databuild/logs/<run>/`)
+        run_dir: PathBuf,
+    },
     /// Mark AVAILABLE partitions bad: the next build that needs them builds them again
     Taint(TaintArgs),
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use databuild::engine::{
     BuildSpec, Engine, EngineHandle, KILL_GRACE, Note, Observer, RequestEnd, Settings,
 };
-use databuild::executor::local::Local;
+use databuild::executor::Executor;
 use databuild::graph::Graph;
 use databuild::planner::{Plan, PlanError};
 use databuild::proto::BuildRequestStatus;
@@ -58,9 +58,9 @@ pub fn settings(ctx: &Ctx, jobs: Option<u32>) -> Settings {
     }
 }
 
-/// The local executor.
-pub fn local_executor(ctx: &Ctx) -> Result<Arc<Local>, CliError> {
-    Ok(Arc::new(Local { logs_dir: ctx.logs_dir.clone() }))
+/// The graph's executor: local and Slurm runs routed per job (CONTRACT §12).
+pub fn executor(ctx: &Ctx, graph: &Graph) -> Result<Arc<dyn Executor>, CliError> {
+    Ok(databuild::executor::route::for_graph(graph, &ctx.logs_dir))
 }
 
 /// How a command's requests ended, and the signal that cancelled them, if any.
@@ -309,7 +309,7 @@ where
     F: FnOnce(EngineHandle, Arc<dyn Observer>) -> Fut,
     Fut: std::future::Future<Output = Result<String, databuild::engine::SubmitError>>,
 {
-    let executor = local_executor(ctx)?;
+    let executor = executor(ctx, &graph)?;
     let slots = jobs(how.jobs, &graph);
     if ctx.verbose > 0 {
         let from = if how.jobs.is_some() {

@@ -95,7 +95,7 @@ fn record_interrupted(ctx: &Ctx, id: &str, store: Arc<Store>) -> Result<u8, CliE
         }
     };
     let rt = crate::cmd_build::runtime()?;
-    let executor = crate::cmd_build::local_executor(ctx)?;
+    let executor = crate::cmd_build::executor(ctx, &graph)?;
     let settings = crate::cmd_build::settings(ctx, None);
     let result = rt.block_on(async {
         let (engine, reconciled) = Engine::open(store.clone(), graph, settings, executor).await?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use databuild::engine::Engine;
 use databuild::recovery::{self, Reconciled};
 
-use crate::cmd_build::{Outcome, Signals, close, local_executor, open_store, settings};
+use crate::cmd_build::{Outcome, Signals, close, executor, open_store, settings};
 use crate::context::Ctx;
 use crate::exit::{self, CliError};
 
@@ -44,7 +44,7 @@ pub fn recover(ctx: &Ctx, a: crate::args::RecoverArgs) -> Result<u8, CliError> {
     let graph = Arc::new(ctx.graph()?);
     let rt = crate::cmd_build::runtime()?;
     ctx.check_logs_dir()?;
-    let executor = local_executor(ctx)?;
+    let executor = executor(ctx, &graph)?;
     let settings = settings(ctx, a.jobs.or(graph.default_jobs));
     let _guard = rt.enter();
     let mut signals = Signals::install()?;

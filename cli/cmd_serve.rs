@@ -7,7 +7,7 @@ use databuild::server::info::{self, ServerInfo};
 use databuild::server::{self, Shared};
 
 use crate::args::ServeArgs;
-use crate::cmd_build::{Signals, close, local_executor, open_store, settings};
+use crate::cmd_build::{Signals, close, executor, open_store, settings};
 use crate::context::Ctx;
 use crate::exit::{self, CliError};
 
@@ -39,7 +39,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<u8, CliError> {
         .map_err(|e| CliError::internal(format!("cannot start the async runtime: {e}")))?;
     let guard = rt.enter();
     let mut signals = Signals::install()?;
-    let executor = local_executor(ctx)?;
+    let executor = executor(ctx, &graph)?;
     let jobs = crate::cmd_build::jobs(a.jobs, &graph);
     let settings = settings(ctx, a.jobs.or(graph.default_jobs));
     // The log first: a log held by another writer is exit 3 (as for `build`), then the port.
@@ -131,13 +131,14 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<u8, CliError> {
             if sig == databuild::sys::SIGINT { "SIGINT" } else { "SIGTERM" }
         );
         shared.stop();
-        // As after a crash (§7): the loop stops where it is, its runs are stopped and recorded
-        // JOB_FAILED "engine stopped while running"; the requests stay open for the next start.
+        // As after a crash (§7): the loop stops where it is, its local runs are stopped and
+        // recorded JOB_FAILED "engine stopped while running" (Slurm runs keep running, §12); the
+        // requests stay open for the next start.
         engine.crash().await;
         let (s, x) = (store.clone(), executor.clone());
         let grace = databuild::engine::KILL_GRACE;
         let stopped =
-            tokio::task::spawn_blocking(move || databuild::recovery::reconcile(&s, &*x, grace)).await;
+            tokio::task::spawn_blocking(move || databuild::recovery::stop_runs(&s, &*x, grace)).await;
         match stopped {
             Ok(Ok(r)) => crate::cmd_recover::report_reconciled(&r, false),
             Ok(Err(e)) => eprintln!("warning: recording the stopped runs: {e}"),

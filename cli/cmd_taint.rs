@@ -64,7 +64,7 @@ fn taint_here(ctx: &Ctx, spec: TaintSpec) -> Result<Vec<databuild::freshness::Ta
         }
     };
     let rt = crate::cmd_build::runtime()?;
-    let executor = crate::cmd_build::local_executor(ctx)?;
+    let executor = crate::cmd_build::executor(ctx, &graph)?;
     let settings = crate::cmd_build::settings(ctx, None);
     let result = rt.block_on(async {
         let (engine, reconciled) = Engine::open(store.clone(), graph, settings, executor).await?;

@@ -42,6 +42,10 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
     if let C::Completions(a) = &cli.command {
         return cmd_completions::completions(a);
     }
+    if let C::SlurmRun { run_dir } = &cli.command {
+        let code = databuild::executor::slurm::batch_main(run_dir);
+        return Ok(u8::try_from(code).unwrap_or(1));
+    }
     let ctx = context::Ctx::resolve(&cli.global)?;
     match cli.command {
         C::Build(a) if a.dry_run => cmd_graph::dry_run(&ctx, a),
@@ -61,7 +65,7 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
         C::Cancel(a) => cmd_cancel::cancel(&ctx, a),
         C::Execute(a) => cmd_build::execute(&ctx, a),
         C::Serve(a) => cmd_serve::serve(&ctx, a),
-        C::Completions(_) => unreachable!("handled above"),
+        C::Completions(_) | C::SlurmRun { .. } => unreachable!("handled above"),
         C::Graph(a) => cmd_graph::graph(&ctx, a),
         C::Taint(a) => cmd_taint::taint(&ctx, a),
     }

@@ -15,6 +15,7 @@ mod history;
 mod kill;
 mod log_damage;
 mod serve;
+mod slurm;
 mod util;
 mod ux_cli;
 mod ux_jobs;
