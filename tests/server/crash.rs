@@ -124,7 +124,7 @@ fn interrupt_and_resume(sig: &str) {
     };
     assert!(expected.contains(&status.code()), "{status:?}");
     if sig == "TERM" {
-        assert_eq!(status.metadata().get("databuild-build-request-id").is_some(), true);
+        assert!(status.metadata().get("databuild-build-request-id").is_some());
     }
 
     // Reading commands see the interrupted request (no server now).
