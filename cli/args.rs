@@ -93,12 +93,20 @@ pub enum Command {
     Gc(GcArgs),
     /// Cancel a build request that has not ended
     Cancel(CancelArgs),
+    /// Run one long-lived engine that serves gRPC, an HTTP API and a dashboard to many clients
+    Serve(ServeArgs),
     /// Run exactly a JobGraph (as `analyze --format json` prints it), without calling `config`
     Execute(ExecuteArgs),
     /// Print a shell completion script (e.g. `databuild completions bash > ~/.local/share/bash-completion/completions/databuild`)
     Completions(CompletionsArgs),
     /// The graph's jobs and their patterns; with REF..., the plan a build would run (as analyze)
     Graph(GraphArgs),
+    /// Internal: the batch script of one Slurm job (runs the job run described in RUN_DIR)
+    #[command(name = "__slurm-run", hide = true)]
+    SlurmRun {
+        /// The run's directory (`.databuild/logs/<run>/`)
+        run_dir: PathBuf,
+    },
     /// Mark AVAILABLE partitions bad: the next build that needs them builds them again
     Taint(TaintArgs),
 }
@@ -178,6 +186,10 @@ pub struct BuildArgs {
     /// Plan only and print the plan, as `analyze` does: nothing runs, nothing is written
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// With a server running: print the build request id once it is recorded and exit 0,
+    /// leaving the build to the server
+    #[arg(long)]
+    pub detach: bool,
 }
 
 /// How `analyze` and `graph REF...` plan.
@@ -288,6 +300,20 @@ pub struct LogsArgs {
     /// The job run id (see `databuild builds ID` or `databuild replay`)
     #[arg(value_name = "JOB_RUN_ID")]
     pub run: String,
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port)
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:3050")]
+    pub addr: String,
+    /// Run at most N jobs at once over all requests [default: number of CPUs]
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// If another databuild is writing the log, wait for it instead of exiting with code 3
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// `recover`.

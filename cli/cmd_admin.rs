@@ -221,6 +221,9 @@ fn snapshot_of_other_log(path: &std::path::Path, log_id: Option<LogId>) -> bool 
 pub fn repair(ctx: &Ctx, a: RepairArgs) -> Result<u8, CliError> {
     ctx.formats("repair", &[Format::Text, Format::Json])?;
     let _ = a.truncate;
+    if let Some(s) = crate::client::find(ctx) {
+        return Err(crate::client::busy(&s, "repair"));
+    }
     let opts = WriterOptions { wait_for_lock: a.wait, ..WriterOptions::default() };
     let report = databuild_log::repair(&ctx.log_dir, &opts)
         .map_err(|e| exit::open_error(&e, &ctx.log_dir))?;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use databuild::engine::{
     BuildSpec, Engine, EngineHandle, KILL_GRACE, Note, Observer, RequestEnd, Settings,
 };
-use databuild::executor::local::Local;
+use databuild::executor::Executor;
 use databuild::graph::Graph;
 use databuild::planner::{Plan, PlanError};
 use databuild::proto::BuildRequestStatus;
@@ -58,9 +58,9 @@ pub fn settings(ctx: &Ctx, jobs: Option<u32>) -> Settings {
     }
 }
 
-/// The local executor.
-pub fn local_executor(ctx: &Ctx) -> Result<Arc<Local>, CliError> {
-    Ok(Arc::new(Local { logs_dir: ctx.logs_dir.clone() }))
+/// The graph's executor: local and Slurm runs routed per job (CONTRACT §12).
+pub fn executor(ctx: &Ctx, graph: &Graph) -> Result<Arc<dyn Executor>, CliError> {
+    Ok(databuild::executor::route::for_graph(graph, &ctx.logs_dir))
 }
 
 /// How a command's requests ended, and the signal that cancelled them, if any.
@@ -210,6 +210,15 @@ pub fn judge(outcome: &Outcome) -> Result<u8, CliError> {
     }
 }
 
+/// The progress renderer of a command that runs a request (quiet with --quiet or JSON output).
+fn progress(ctx: &Ctx) -> Arc<Progress> {
+    Arc::new(
+        Progress::new(ctx.quiet || ctx.format == Format::Json)
+            .verbose(ctx.verbose > 0)
+            .logs_dir(ctx.logs_dir.clone()),
+    )
+}
+
 pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
     a.refs = crate::refs::expand_args(&a.refs)?;
     ctx.formats("build", &[Format::Text, Format::Json])?;
@@ -217,6 +226,16 @@ pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
     // Bad refs are reported before the log is even opened.
     for r in &a.refs {
         graph.owner(r).map_err(|e| exit::lookup_error(&e))?;
+    }
+    let server = crate::client::find(ctx);
+    if a.detach && server.is_none() {
+        return Err(CliError::bad_input(
+            "--detach needs a running server to leave the build to; start one with `databuild serve`, or build without --detach",
+        ));
+    }
+    if let Some(s) = server {
+        let what = crate::client::Submit::Build { refs: a.refs, force: a.force, stale: a.stale };
+        return crate::client::run(ctx, &s, what, a.jobs, a.detach, "build", progress(ctx));
     }
     let rt = runtime()?;
     if ctx.verbose > 0 {
@@ -229,11 +248,7 @@ pub fn build(ctx: &Ctx, mut a: BuildArgs) -> Result<u8, CliError> {
         );
     }
     ctx.check_logs_dir()?;
-    let progress = Arc::new(
-        Progress::new(ctx.quiet || ctx.format == Format::Json)
-            .verbose(ctx.verbose > 0)
-            .logs_dir(ctx.logs_dir.clone()),
-    );
+    let progress = progress(ctx);
     let spec = BuildSpec { refs: a.refs.clone(), force: a.force, stale: a.stale, cap: None };
     let how = Run { wait: a.wait, jobs: a.jobs, verb: "build" };
     run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.submit(spec, o).await })
@@ -259,13 +274,13 @@ pub fn execute(ctx: &Ctx, a: ExecuteArgs) -> Result<u8, CliError> {
             if a.file == "-" { "stdin" } else { a.file.as_str() }
         ))
     })?;
+    if let Some(s) = crate::client::find(ctx) {
+        let what = crate::client::Submit::Execute(jg);
+        return crate::client::run(ctx, &s, what, a.jobs, false, "execute", progress(ctx));
+    }
     let rt = runtime()?;
     ctx.check_logs_dir()?;
-    let progress = Arc::new(
-        Progress::new(ctx.quiet || ctx.format == Format::Json)
-            .verbose(ctx.verbose > 0)
-            .logs_dir(ctx.logs_dir.clone()),
-    );
+    let progress = progress(ctx);
     let how = Run { wait: a.wait, jobs: a.jobs, verb: "execute" };
     run_one(ctx, &rt, graph, how, progress, |h, o| async move { h.execute(jg, None, o).await })
 }
@@ -294,7 +309,7 @@ where
     F: FnOnce(EngineHandle, Arc<dyn Observer>) -> Fut,
     Fut: std::future::Future<Output = Result<String, databuild::engine::SubmitError>>,
 {
-    let executor = local_executor(ctx)?;
+    let executor = executor(ctx, &graph)?;
     let slots = jobs(how.jobs, &graph);
     if ctx.verbose > 0 {
         let from = if how.jobs.is_some() {

@@ -36,6 +36,9 @@ pub fn cancel(ctx: &Ctx, a: CancelArgs) -> Result<u8, CliError> {
     if databuild::state::is_terminal_request(r.status) {
         return Ok(already_ended(id, r.status));
     }
+    if let Some(s) = crate::client::find(ctx) {
+        return crate::client::cancel(&s, id);
+    }
     let opts = StoreOptions { writer: WriterOptions::default(), ..StoreOptions::default() };
     match Store::open(&ctx.log_dir, opts) {
         Err(databuild::store::StoreError::Open(OpenError::Locked { pid, host, .. })) => {
@@ -92,7 +95,7 @@ fn record_interrupted(ctx: &Ctx, id: &str, store: Arc<Store>) -> Result<u8, CliE
         }
     };
     let rt = crate::cmd_build::runtime()?;
-    let executor = crate::cmd_build::local_executor(ctx)?;
+    let executor = crate::cmd_build::executor(ctx, &graph)?;
     let settings = crate::cmd_build::settings(ctx, None);
     let result = rt.block_on(async {
         let (engine, reconciled) = Engine::open(store.clone(), graph, settings, executor).await?;

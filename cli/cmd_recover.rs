@@ -5,7 +5,7 @@ use std::sync::Arc;
 use databuild::engine::Engine;
 use databuild::recovery::{self, Reconciled};
 
-use crate::cmd_build::{Outcome, Signals, close, local_executor, open_store, settings};
+use crate::cmd_build::{Outcome, Signals, close, executor, open_store, settings};
 use crate::context::Ctx;
 use crate::exit::{self, CliError};
 
@@ -38,10 +38,13 @@ pub fn report_reconciled(r: &Reconciled, mention_interrupted: bool) {
 
 pub fn recover(ctx: &Ctx, a: crate::args::RecoverArgs) -> Result<u8, CliError> {
     ctx.formats("recover", &[crate::args::Format::Text, crate::args::Format::Json])?;
+    if let Some(s) = crate::client::find(ctx) {
+        return Err(crate::client::busy(&s, "recover"));
+    }
     let graph = Arc::new(ctx.graph()?);
     let rt = crate::cmd_build::runtime()?;
     ctx.check_logs_dir()?;
-    let executor = local_executor(ctx)?;
+    let executor = executor(ctx, &graph)?;
     let settings = settings(ctx, a.jobs.or(graph.default_jobs));
     let _guard = rt.enter();
     let mut signals = Signals::install()?;

@@ -39,6 +39,19 @@ pub fn taint(ctx: &Ctx, a: TaintArgs) -> Result<u8, CliError> {
         downstream: a.downstream,
         reason: a.reason.clone().unwrap_or_default(),
     };
+    let tainted = match crate::client::find(ctx) {
+        Some(s) => crate::client::taint(&s, spec)?,
+        None => taint_here(ctx, spec)?,
+    };
+    if tainted.is_empty() {
+        return Err(nothing_available(&a.refs));
+    }
+    print(ctx, &tainted);
+    Ok(exit::SUCCESS)
+}
+
+/// No server: an engine of this command's own records the taint.
+fn taint_here(ctx: &Ctx, spec: TaintSpec) -> Result<Vec<databuild::freshness::Taint>, CliError> {
     let opts = StoreOptions { writer: WriterOptions::default(), ..StoreOptions::default() };
     let (store, _) =
         Store::open(&ctx.log_dir, opts).map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
@@ -51,7 +64,7 @@ pub fn taint(ctx: &Ctx, a: TaintArgs) -> Result<u8, CliError> {
         }
     };
     let rt = crate::cmd_build::runtime()?;
-    let executor = crate::cmd_build::local_executor(ctx)?;
+    let executor = crate::cmd_build::executor(ctx, &graph)?;
     let settings = crate::cmd_build::settings(ctx, None);
     let result = rt.block_on(async {
         let (engine, reconciled) = Engine::open(store.clone(), graph, settings, executor).await?;
@@ -61,11 +74,12 @@ pub fn taint(ctx: &Ctx, a: TaintArgs) -> Result<u8, CliError> {
         tainted
     });
     crate::cmd_build::close(store);
-    let tainted = result.map_err(|e| exit::engine_error(&e, &ctx.log_dir))?;
-    if tainted.is_empty() {
-        return Err(nothing_available(&a.refs));
-    }
-    for t in &tainted {
+    result.map_err(|e| exit::engine_error(&e, &ctx.log_dir))
+}
+
+/// Prints what was tainted (one line or object each).
+fn print(ctx: &Ctx, tainted: &[databuild::freshness::Taint]) {
+    for t in tainted {
         match ctx.format {
             Format::Json => {
                 let mut v = serde_json::Map::new();
@@ -95,7 +109,6 @@ pub fn taint(ctx: &Ctx, a: TaintArgs) -> Result<u8, CliError> {
             if tainted.len() == 1 { "it" } else { "them" },
         );
     }
-    Ok(exit::SUCCESS)
 }
 
 fn nothing_available(typed: &[String]) -> CliError {

@@ -113,17 +113,7 @@ pub fn graph_error(e: &GraphError) -> CliError {
 }
 
 pub fn lookup_error(e: &LookupError) -> CliError {
-    let hint = match e {
-        LookupError::NoOwner(_) => {
-            "; check the ref, or add a job whose partition_patterns match it"
-        }
-        LookupError::Conflict(..) => "; make the jobs' partition_patterns disjoint",
-        LookupError::Invalid(..) => {
-            "; refs are non-empty, without whitespace, control, invisible or bidi characters"
-        }
-        _ => "",
-    };
-    CliError::bad_input(format!("{e}{hint}"))
+    CliError::bad_input(format!("{e}{}", e.hint()))
 }
 
 pub fn plan_error(e: &PlanError) -> CliError {

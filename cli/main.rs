@@ -1,6 +1,7 @@
 //! The `databuild` command: parse, run, map the result to an exit code.
 
 mod args;
+mod client;
 mod cmd_admin;
 mod cmd_audit;
 mod cmd_build;
@@ -10,6 +11,7 @@ mod cmd_gc;
 mod cmd_graph;
 mod cmd_history;
 mod cmd_recover;
+mod cmd_serve;
 mod cmd_taint;
 mod context;
 mod exit;
@@ -40,6 +42,10 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
     if let C::Completions(a) = &cli.command {
         return cmd_completions::completions(a);
     }
+    if let C::SlurmRun { run_dir } = &cli.command {
+        let code = databuild::executor::slurm::batch_main(run_dir);
+        return Ok(u8::try_from(code).unwrap_or(1));
+    }
     let ctx = context::Ctx::resolve(&cli.global)?;
     match cli.command {
         C::Build(a) if a.dry_run => cmd_graph::dry_run(&ctx, a),
@@ -58,7 +64,8 @@ fn run(cli: args::Cli) -> Result<u8, exit::CliError> {
         C::Gc(a) => cmd_gc::gc(&ctx, a),
         C::Cancel(a) => cmd_cancel::cancel(&ctx, a),
         C::Execute(a) => cmd_build::execute(&ctx, a),
-        C::Completions(_) => unreachable!("handled above"),
+        C::Serve(a) => cmd_serve::serve(&ctx, a),
+        C::Completions(_) | C::SlurmRun { .. } => unreachable!("handled above"),
         C::Graph(a) => cmd_graph::graph(&ctx, a),
         C::Taint(a) => cmd_taint::taint(&ctx, a),
     }

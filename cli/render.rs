@@ -95,12 +95,7 @@ pub fn paint(color: bool, status: &str) -> String {
 
 /// The status word without its enum prefix.
 pub fn short(name: &str) -> &str {
-    for p in ["PARTITION_", "JOB_", "BUILD_REQUEST_"] {
-        if let Some(s) = name.strip_prefix(p) {
-            return s;
-        }
-    }
-    name
+    databuild::query::short_status(name)
 }
 
 /// An aligned table: columns padded to their widest cell (the last one is not padded).

@@ -43,6 +43,51 @@ pub struct Job {
     /// The job's `version`, if the graph file says (recorded with each run; a change makes what
     /// the job built before stale).
     pub version: Option<String>,
+    /// `executor`: where this job's runs run, whatever `[executor] kind` says.
+    pub executor: Option<ExecutorKind>,
+    /// `cpus` (Slurm: `--cpus-per-task`).
+    pub cpus: Option<u32>,
+    /// `memory_mb` (Slurm: `--mem`).
+    pub memory_mb: Option<u64>,
+}
+
+/// Where job runs run (CONTRACT §12).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// Process groups on this machine.
+    #[default]
+    Local,
+    /// Slurm batch jobs.
+    Slurm,
+}
+
+impl ExecutorKind {
+    fn parse(s: &str) -> Option<ExecutorKind> {
+        match s {
+            "local" => Some(ExecutorKind::Local),
+            "slurm" => Some(ExecutorKind::Slurm),
+            _ => None,
+        }
+    }
+
+    /// The kind's name, as in the graph file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Slurm => "slurm",
+        }
+    }
+}
+
+/// The graph file's `[executor]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecutorSettings {
+    /// `kind`: the default for every job.
+    pub kind: ExecutorKind,
+    /// `partition` (Slurm: `--partition`).
+    pub partition: Option<String>,
+    /// `extra_args`: passed to `sbatch` as given.
+    pub extra_args: Vec<String>,
 }
 
 /// A job's `output_path`: a path relative to the graph file's directory, with `{ref}` (the ref)
@@ -135,6 +180,8 @@ pub struct Graph {
     pub digest: String,
     /// `[defaults] jobs`: the engine's slots when `--jobs` is not given.
     pub default_jobs: Option<u32>,
+    /// `[executor]`: where job runs run by default, and the Slurm options.
+    pub executor: ExecutorSettings,
     set: RegexSet,
     pattern_job: Vec<usize>,
 }
@@ -193,13 +240,38 @@ pub enum LookupError {
     Conflict(String, String),
 }
 
+impl LookupError {
+    /// What to do about it, as `; ...` to follow the message (the CLI's and the server's).
+    pub fn hint(&self) -> &'static str {
+        match self {
+            LookupError::NoOwner(_) => {
+                "; check the ref, or add a job whose partition_patterns match it"
+            }
+            LookupError::Conflict(..) => "; make the jobs' partition_patterns disjoint",
+            LookupError::Invalid(..) => {
+                "; refs are non-empty, without whitespace, control, invisible or bidi characters"
+            }
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileToml {
     graph: Option<GraphToml>,
     defaults: Option<DefaultsToml>,
+    executor: Option<ExecutorToml>,
     #[serde(default)]
     jobs: Vec<toml::Value>,
+}
+
+/// `[executor]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecutorToml {
+    kind: Option<String>,
+    partition: Option<String>,
+    extra_args: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -229,6 +301,9 @@ struct JobToml {
     retries: Option<u32>,
     max_concurrency: Option<u32>,
     output_path: Option<String>,
+    executor: Option<String>,
+    cpus: Option<u32>,
+    memory_mb: Option<u64>,
     version: Option<toml::Value>,
 }
 
@@ -337,6 +412,45 @@ fn digest(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+/// Checks the `[executor]` table.
+fn executor_settings(t: Option<ExecutorToml>) -> Result<ExecutorSettings, String> {
+    let Some(t) = t else { return Ok(ExecutorSettings::default()) };
+    let kind = match t.kind.as_deref() {
+        None => ExecutorKind::Local,
+        Some(k) => ExecutorKind::parse(k).ok_or_else(|| {
+            format!("key 'executor.kind' is {k:?}; it must be \"local\" or \"slurm\"")
+        })?,
+    };
+    if let Some(p) = &t.partition
+        && (p.trim().is_empty() || p.chars().any(char::is_whitespace))
+    {
+        return Err(format!(
+            "key 'executor.partition' is {p:?}; it must be a Slurm partition name (no spaces)"
+        ));
+    }
+    let extra_args = t.extra_args.unwrap_or_default();
+    for a in &extra_args {
+        if !a.starts_with('-') || a.contains('\0') {
+            return Err(format!(
+                "key 'executor.extra_args': {a:?} is not an sbatch option; give each option as one string, e.g. \"--account=data\""
+            ));
+        }
+    }
+    Ok(ExecutorSettings { kind, partition: t.partition, extra_args })
+}
+
+impl Graph {
+    /// Whether some job of the graph runs on `kind`.
+    pub fn uses(&self, kind: ExecutorKind) -> bool {
+        self.jobs.iter().any(|j| self.kind_of(j) == kind)
+    }
+
+    /// Where `job`'s runs run.
+    pub fn kind_of(&self, job: &Job) -> ExecutorKind {
+        job.executor.unwrap_or(self.executor.kind)
+    }
+}
+
 fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().to_string();
     match e.span() {
@@ -390,6 +504,7 @@ impl Graph {
                 )));
             }
         };
+        let executor = executor_settings(file.executor).map_err(&file_err)?;
         let mut jobs: Vec<Job> = Vec::with_capacity(file.jobs.len());
         let mut patterns: Vec<String> = Vec::new();
         let mut pattern_job: Vec<usize> = Vec::new();
@@ -446,6 +561,18 @@ impl Graph {
                     return Err(job_err(format!("key 'env': invalid variable name {k:?}")));
                 }
             }
+            let job_executor = match j.executor.as_deref() {
+                None => None,
+                Some(k) => Some(ExecutorKind::parse(k).ok_or_else(|| {
+                    job_err(format!("key 'executor' is {k:?}; it must be \"local\" or \"slurm\""))
+                })?),
+            };
+            if j.cpus == Some(0) {
+                return Err(job_err("key 'cpus' must be at least 1".into()));
+            }
+            if j.memory_mb == Some(0) {
+                return Err(job_err("key 'memory_mb' must be at least 1".into()));
+            }
             let out_path = match &j.output_path {
                 Some(t) => Some(output_path(t, &j.partition_patterns).map_err(&job_err)?),
                 None => None,
@@ -465,6 +592,9 @@ impl Graph {
                     .map_or(CONFIG_TIMEOUT_DEFAULT, Duration::from_secs),
                 retries: j.retries.unwrap_or(0),
                 max_concurrency: j.max_concurrency,
+                executor: job_executor,
+                cpus: j.cpus,
+                memory_mb: j.memory_mb,
             });
         }
         let set =
@@ -476,6 +606,7 @@ impl Graph {
             jobs,
             digest: digest(text.as_bytes()),
             default_jobs,
+            executor,
             set,
             pattern_job,
         })
@@ -713,5 +844,59 @@ partition_patterns = ['data/1\d*']
         assert_eq!(find(None, &sub)?, d.path().join(GRAPH_FILE));
         assert!(matches!(find(None, Path::new("/")), Err(GraphError::NotFound { .. })));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod executor_keys {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn parse(text: &str) -> Result<Graph, String> {
+        let d = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let job = d.path().join("job.sh");
+        std::fs::write(&job, "#!/bin/sh\n").map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        Graph::parse(&d.path().join(GRAPH_FILE), text).map_err(|e| e.to_string())
+    }
+
+    const JOB: &str = "[[jobs]]\nlabel='a'\nentrypoint='job.sh'\npartition_patterns=['x']\n";
+
+    #[test]
+    fn executor_table_and_job_keys_are_read() -> Result<(), String> {
+        let g = parse(&format!(
+            "[executor]\nkind='slurm'\npartition='batch'\nextra_args=['--account=data']\n{JOB}executor='local'\ncpus=4\nmemory_mb=8192\n[[jobs]]\nlabel='b'\nentrypoint='job.sh'\npartition_patterns=['y']\n"
+        ))?;
+        assert_eq!(g.executor.kind, ExecutorKind::Slurm);
+        assert_eq!(g.executor.partition.as_deref(), Some("batch"));
+        assert_eq!(g.executor.extra_args, vec!["--account=data".to_string()]);
+        assert_eq!(g.kind_of(&g.jobs[0]), ExecutorKind::Local);
+        assert_eq!(g.kind_of(&g.jobs[1]), ExecutorKind::Slurm);
+        assert_eq!((g.jobs[0].cpus, g.jobs[0].memory_mb), (Some(4), Some(8192)));
+        assert!(g.uses(ExecutorKind::Slurm) && g.uses(ExecutorKind::Local));
+        let plain = parse(JOB)?;
+        assert_eq!(plain.executor, ExecutorSettings::default());
+        assert!(!plain.uses(ExecutorKind::Slurm));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_executor_keys_are_named() {
+        for (text, want) in [
+            (format!("[executor]\nkind='k8s'\n{JOB}"), "key 'executor.kind' is \"k8s\""),
+            (format!("[executor]\nqueue='x'\n{JOB}"), "unknown field `queue`"),
+            (format!("[executor]\npartition=''\n{JOB}"), "key 'executor.partition'"),
+            (format!("[executor]\nextra_args=['account']\n{JOB}"), "key 'executor.extra_args'"),
+            (format!("{JOB}executor='cloud'\n"), "job 'a': key 'executor' is \"cloud\""),
+            (format!("{JOB}cpus=0\n"), "job 'a': key 'cpus' must be at least 1"),
+            (format!("{JOB}memory_mb=0\n"), "job 'a': key 'memory_mb' must be at least 1"),
+            (format!("{JOB}cpus=-1\n"), "job 'a'"),
+        ] {
+            match parse(&text) {
+                Ok(_) => panic!("accepted: {text}"),
+                Err(e) => assert!(e.contains(want), "{e:?} should contain {want:?}"),
+            }
+        }
     }
 }

@@ -20,6 +20,8 @@ pub mod proto;
 pub mod query;
 pub mod recovery;
 pub mod scheduler;
+#[path = "../server/mod.rs"]
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod sys;

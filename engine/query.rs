@@ -579,3 +579,14 @@ pub fn job_runs<'a>(state: &'a State, label: &str) -> Vec<&'a crate::state::Run>
     v.sort_by_key(|r| std::cmp::Reverse(r.first_seq));
     v
 }
+
+/// A status's enum name without its prefix (`BUILD_REQUEST_FAILED` -> `FAILED`): how every view
+/// names statuses.
+pub fn short_status(name: &str) -> &str {
+    for p in ["PARTITION_", "JOB_", "BUILD_REQUEST_"] {
+        if let Some(s) = name.strip_prefix(p) {
+            return s;
+        }
+    }
+    name
+}

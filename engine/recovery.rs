@@ -35,14 +35,63 @@ pub fn reconcile(
     executor: &dyn crate::executor::Executor,
     grace: Duration,
 ) -> Result<Reconciled, CommitError> {
+    reconcile_runs(store, executor, grace, Outlive::Adopt)
+}
+
+/// What an engine that stops on purpose (`serve` on SIGTERM) does with its runs (CONTRACT §9):
+/// local runs are stopped and recorded failed as after a crash; runs that outlive their engine
+/// (Slurm runs past their JOB_RUNNING) are left running, for the next engine to adopt.
+pub fn stop_runs(
+    store: &Store,
+    executor: &dyn crate::executor::Executor,
+    grace: Duration,
+) -> Result<Reconciled, CommitError> {
+    reconcile_runs(store, executor, grace, Outlive::Leave)
+}
+
+/// Runs that outlive their engine: adopted (reconcile) or left alone (a deliberate stop).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outlive {
+    Adopt,
+    Leave,
+}
+
+fn reconcile_runs(
+    store: &Store,
+    executor: &dyn crate::executor::Executor,
+    grace: Duration,
+    outlive: Outlive,
+) -> Result<Reconciled, CommitError> {
     let live: Vec<Run> = store.state().live_runs().into_iter().cloned().collect();
     let mut out = Reconciled::default();
     let mut events = Vec::new();
+    let reader = if live.is_empty() { None } else { store.reader().ok() };
     for run in &live {
-        let found = executor.reconcile(run, grace);
+        // The executor handle its JOB_RUNNING recorded, and the config its SCHEDULED holds.
+        let recorded = |seq: u64| {
+            reader.as_ref().and_then(|r| crate::store::event_at(r, seq).ok().flatten()).and_then(
+                |e| match e.event_type {
+                    Some(crate::proto::build_event::EventType::JobEvent(j)) => Some(j),
+                    _ => None,
+                },
+            )
+        };
+        let running = run.running.and_then(|(seq, _)| recorded(seq));
+        let handle = running.as_ref().and_then(|j| j.executor.clone());
+        if outlive == Outlive::Leave && handle.as_ref().is_some_and(|h| h.slurm.is_some()) {
+            continue;
+        }
+        let found = executor.reconcile(run, handle.as_ref(), grace);
         out.warnings.extend(found.warning);
         let what = found.what;
         let targets: Vec<String> = run.targets.iter().map(|t| t.to_string()).collect();
+        if let Some(report) = found.outcome {
+            let config = recorded(run.first_seq).and_then(|j| j.config);
+            let started = run.running.map_or(0, |(_, ts)| ts / 1_000_000_000);
+            events.extend(adopted_outcome(store, run, &targets, config, started, report));
+            out.runs.push((run.id.to_string(), what));
+            continue;
+        }
         let mut j = ev::job(&run.request, &run.id, &run.job_label, &targets);
         j.failure = Some(JobFailureKind::JobFailureEngineStopped);
         j.message = ENGINE_STOPPED.to_string();
@@ -66,12 +115,96 @@ pub fn reconcile(
         out.runs.push((run.id.to_string(), what));
     }
     if !events.is_empty() {
-        let msg = format!("recorded {} job runs interrupted by a crash as failed", out.runs.len());
+        let msg = format!("reconciled {} job runs a crash left live", out.runs.len());
         events.push(ev::engine(EngineEventKind::EngineRecovered, &msg, 0, 0));
         store.submit(events)?.wait()?;
     }
     out.interrupted = store.state().open_requests().into_iter().map(|r| r.id.to_string()).collect();
     Ok(out)
+}
+
+/// The events that record the real end of a run that outlived its engine (a Slurm job adopted,
+/// or one that ended while no engine ran): COMPLETED with its manifest and its partitions
+/// AVAILABLE if it exited 0, else FAILED with why.
+fn adopted_outcome(
+    store: &Store,
+    run: &Run,
+    targets: &[String],
+    config: Option<crate::proto::JobConfig>,
+    started: i64,
+    report: crate::executor::ExitReport,
+) -> Vec<crate::proto::BuildEvent> {
+    use crate::proto::{JobLabel, PartitionManifest, Task};
+    let state = store.state();
+    let building: Vec<&str> = run
+        .targets
+        .iter()
+        .filter(|t| {
+            state
+                .key(&run.request, t)
+                .is_some_and(|k| k.status == PartitionStatus::PartitionBuilding)
+        })
+        .map(|t| t.as_ref())
+        .collect();
+    let mut j = ev::job(&run.request, &run.id, &run.job_label, targets);
+    j.attempt = run.attempt;
+    let ok = report.code == Some(0) && report.spawn_error.is_none() && report.wait_error.is_none();
+    let mut events = Vec::new();
+    if ok {
+        let ended = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        j.manifests = vec![PartitionManifest {
+            outputs: targets.iter().map(|o| ev::pref(o)).collect(),
+            inputs: Vec::new(),
+            start_time: started,
+            end_time: ended,
+            task: Some(Task { job: Some(JobLabel { label: run.job_label.to_string() }), config }),
+            job_run_id: run.id.to_string(),
+            dep_type: 0,
+        }];
+        j.message = "adopted after an engine crash".to_string();
+        events.push(j.event(JobStatus::JobCompleted));
+        for t in building {
+            events.push(ev::partition(
+                &run.request,
+                t,
+                PartitionStatus::PartitionAvailable,
+                &run.id,
+                "",
+            ));
+        }
+        return events;
+    }
+    let (kind, message) =
+        match (&report.spawn_error, report.code, report.signal, &report.wait_error) {
+            (Some(why), ..) => (JobFailureKind::JobFailureSpawnFailed, why.clone()),
+            (None, Some(c), ..) => {
+                (JobFailureKind::JobFailureExitNonzero, format!("exited with code {c}"))
+            }
+            (None, None, Some(s), _) => {
+                (JobFailureKind::JobFailureSignaled, format!("killed by signal {s}"))
+            }
+            (None, None, None, why) => (
+                JobFailureKind::JobFailureUnknown,
+                why.clone().unwrap_or_else(|| "ended, outcome unknown".into()),
+            ),
+        };
+    j.failure = Some(kind);
+    j.message = message.clone();
+    j.exit_code = report.code.unwrap_or(0);
+    j.signal = report.signal.unwrap_or(0);
+    events.push(j.event(JobStatus::JobFailed));
+    for t in building {
+        events.push(ev::partition(
+            &run.request,
+            t,
+            PartitionStatus::PartitionFailed,
+            &run.id,
+            &message,
+        ));
+    }
+    events
 }
 
 /// What resuming interrupted requests prepared: executions for the driver (their first events

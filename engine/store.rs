@@ -280,6 +280,17 @@ impl Store {
         self.writer.durable_end().next_seq
     }
 
+    /// A channel carrying [`Store::durable_next_seq`] each time it advances: what a server's
+    /// followers wait on instead of polling.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.writer.subscribe()
+    }
+
+    /// The log's id (what `server.json` names, so a client can tell logs apart).
+    pub fn log_id(&self) -> String {
+        self.writer.log_id().to_hex()
+    }
+
     /// A reader that follows this store's durable end.
     pub fn reader(&self) -> Result<Reader, OpenError> {
         self.writer.reader(ReadMode::Mmap)

@@ -486,6 +486,26 @@ pub fn ensure_stdio() {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit (what a server that holds
+/// many client connections, and still needs descriptors for its jobs' pipes, should run with).
+/// Returns the soft limit in force afterwards.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Ok(raised.rlim_cur);
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// A wait status as (exit code, signal).
 pub fn decode_status(status: i32) -> (Option<i32>, Option<i32>) {
     if libc::WIFEXITED(status) {

@@ -32,6 +32,9 @@ fn job(dir: &std::path::Path) -> Job {
         max_concurrency: None,
         output_path: None,
         version: None,
+        executor: None,
+        cpus: None,
+        memory_mb: None,
     }
 }
 

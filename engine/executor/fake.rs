@@ -174,7 +174,7 @@ impl super::Executor for Fake {
             ended
         });
         let handle = Handle {
-            executor: ExecutorHandle { kind: "fake".into(), id: id.to_string() },
+            executor: ExecutorHandle { kind: "fake".into(), id: id.to_string(), slurm: None },
             process: None,
         };
         Ok(Prepared { handle, held: Box::new(Release(release_tx)), exit })
@@ -190,14 +190,14 @@ impl super::Executor for Fake {
         false
     }
 
-    fn reconcile(&self, run: &Run, _: Duration) -> Reconciled {
+    fn reconcile(&self, run: &Run, _: Option<&ExecutorHandle>, _: Duration) -> Reconciled {
         // As the local executor stops a run that is provably its own: it is gone at once.
         let id = self.by_run.lock().remove(&*run.id);
         if let Some(tx) = id.and_then(|id| self.stops.lock().remove(&id)) {
             tx.send_replace(Some(Stop::Kill));
         }
         self.record.lock().running.remove(&*run.id);
-        Reconciled { what: "stopped (fake)".into(), warning: None }
+        Reconciled { what: "stopped (fake)".into(), warning: None, outcome: None }
     }
 
     fn output(&self, run: &str) -> OutputPaths {

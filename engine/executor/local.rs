@@ -117,7 +117,7 @@ impl Local {
             start_time_ticks: sys::start_ticks(pid).unwrap_or(0),
         };
         let handle = Handle {
-            executor: ExecutorHandle { kind: "local".into(), id: pid.to_string() },
+            executor: ExecutorHandle { kind: "local".into(), id: pid.to_string(), slurm: None },
             process: Some(process),
         };
         let entrypoint = spec.job.entrypoint.clone();
@@ -210,12 +210,13 @@ impl Executor for Local {
         sys::is_zombie(p.pid) || sys::start_ticks(p.pid) != Some(p.start_time_ticks)
     }
 
-    fn reconcile(&self, run: &Run, grace: Duration) -> Reconciled {
+    fn reconcile(&self, run: &Run, _: Option<&ExecutorHandle>, grace: Duration) -> Reconciled {
         let (host, boot) = this_machine();
         match (&run.status, &run.process) {
             (JobStatus::JobRunning, Some(p)) if provably_ours(run, p, host, boot) => Reconciled {
                 what: format!("process group {} {}", p.pgid, stop_group(p.pgid, grace)),
                 warning: None,
+                outcome: None,
             },
             (JobStatus::JobRunning, Some(p)) if p.host != host => Reconciled {
                 what: "on another host, not signalled".to_string(),
@@ -223,12 +224,14 @@ impl Executor for Local {
                     "job run {} was running on host {} (pid {}); it was not signalled from here, stop it there if it is still running",
                     run.id, p.host, p.pid
                 )),
+                outcome: None,
             },
             (JobStatus::JobRunning, Some(p)) => Reconciled {
                 what: format!("process {} gone (or not provably the run's)", p.pid),
                 warning: None,
+                outcome: None,
             },
-            _ => Reconciled { what: "never started".to_string(), warning: None },
+            _ => Reconciled { what: "never started".to_string(), warning: None, outcome: None },
         }
     }
 

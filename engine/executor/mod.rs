@@ -9,6 +9,8 @@
 
 pub mod fake;
 pub mod local;
+pub mod route;
+pub mod slurm;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -115,9 +117,10 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Whether a run that the engine has not yet seen end has in fact ended (an engine stalled
     /// past a run's deadline must not call a run that already exited TIMED_OUT).
     fn has_ended(&self, handle: &Handle) -> bool;
-    /// After a crash: stops the run recorded as RUNNING if it is provably still that run, and
-    /// says what was done. Blocking.
-    fn reconcile(&self, run: &Run, grace: Duration) -> Reconciled;
+    /// After a crash: deals with a run recorded live (`handle`: the executor handle its
+    /// JOB_RUNNING recorded). Local: stops it if it is provably still that run. Slurm: adopts it
+    /// (waits for it to end) and returns its real outcome. Says what was done. Blocking.
+    fn reconcile(&self, run: &Run, handle: Option<&ExecutorHandle>, grace: Duration) -> Reconciled;
     /// Where a run's output is kept.
     fn output(&self, run: &str) -> OutputPaths;
 }
@@ -129,6 +132,9 @@ pub struct Reconciled {
     pub what: String,
     /// A warning for the operator, if any (a process on another host, say).
     pub warning: Option<String>,
+    /// The run's real end, when the executor knows it (a Slurm run that outlived the engine);
+    /// `None`: the run was stopped, it is recorded "engine stopped while running".
+    pub outcome: Option<ExitReport>,
 }
 
 /// Where the local layout keeps a run's output: `<logs>/<run>/{stdout,stderr,stdin.json}`.

@@ -14,6 +14,8 @@ mod hardening_input;
 mod history;
 mod kill;
 mod log_damage;
+mod serve;
+mod slurm;
 mod util;
 mod ux_cli;
 mod ux_jobs;
