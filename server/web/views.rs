@@ -632,15 +632,39 @@ fn refs_cell_str(c: &Ctx, refs: &[String]) -> Markup {
 // ---------------------------------------------------------------------------------------------
 // Partition
 
-fn lineage_tree(c: &Ctx, n: &LineageNode, budget: &mut usize) -> TreeNode {
+/// Children shown per node in the lineage picture (the rest are one "N more" box; the lists
+/// below the picture have them all).
+const LINEAGE_FAN: usize = 8;
+
+fn more_box(c: &Ctx, n: usize, of: &str) -> TreeNode {
+    TreeNode {
+        node: Node {
+            label: format!("… {n} more"),
+            sub: "see the lists below".into(),
+            class: "unknown".into(),
+            href: c.link(&format!("/partition?ref={}", enc(of))),
+        },
+        children: Vec::new(),
+    }
+}
+
+/// The picture's trees for `n`'s children: at most [`LINEAGE_FAN`] per node, `budget` boxes in
+/// all.
+fn lineage_kids(c: &Ctx, n: &LineageNode, budget: &mut usize) -> Vec<TreeNode> {
     let mut kids = Vec::new();
-    for ch in &n.children {
-        if *budget == 0 {
+    for (i, ch) in n.children.iter().enumerate() {
+        if *budget == 0 || i == LINEAGE_FAN {
+            kids.push(more_box(c, n.children.len() - i, &n.partition));
             break;
         }
         *budget -= 1;
         kids.push(lineage_tree(c, ch, budget));
     }
+    kids
+}
+
+fn lineage_tree(c: &Ctx, n: &LineageNode, budget: &mut usize) -> TreeNode {
+    let kids = lineage_kids(c, n, budget);
     let sub = if n.job_label.is_empty() {
         "external or not built".to_string()
     } else {
@@ -706,23 +730,15 @@ pub fn partition(c: &Ctx, state: &State) -> Result<Markup, PageError> {
         Err(query::LineageError::NeverBuilt(_)) => None,
         Err(query::LineageError::Store(e)) => return Err(e.into()),
     };
-    let mut budget = 60;
-    let up_t: Vec<TreeNode> = up
-        .iter()
-        .flat_map(|n| n.children.iter())
-        .map(|n| lineage_tree(c, n, &mut budget))
-        .collect();
-    let mut budget = 60;
-    let down_t: Vec<TreeNode> = down
-        .iter()
-        .flat_map(|n| n.children.iter())
-        .map(|n| lineage_tree(c, n, &mut budget))
-        .collect();
+    let mut budget = 40;
+    let up_t: Vec<TreeNode> = up.iter().flat_map(|n| lineage_kids(c, n, &mut budget)).collect();
+    let mut budget = 40;
+    let down_t: Vec<TreeNode> = down.iter().flat_map(|n| lineage_kids(c, n, &mut budget)).collect();
     let status = pclass(e.status);
     let center = Node {
         label: r.clone(),
-        sub: status.clone(),
-        class: status.clone(),
+        sub: format!("{status} (this partition)"),
+        class: format!("{status} center"),
         href: c.link(&format!("/partition?ref={}", enc(&r))),
     };
     let instances: Vec<(u64, crate::state::Sym)> = state
@@ -776,8 +792,20 @@ pub fn partition(c: &Ctx, state: &State) -> Result<Markup, PageError> {
                 p class="muted" { "Upstream (what its current instance was built from) on the left, downstream (what was built from it) on the right; three levels each." }
                 div class="scroll" { (svg::lineage(&center, &up_t, &down_t)) }
                 div class="cols" {
-                    div { h3 { "Upstream" } @if let Some(n) = &up { (lineage_list(c, n)) } }
-                    div { h3 { "Downstream" } @if let Some(n) = &down { (lineage_list(c, n)) } }
+                    div {
+                        h3 { "Upstream" }
+                        @match &up {
+                            Some(n) if !n.children.is_empty() => (lineage_list(c, n)),
+                            _ => p class="muted" { "Read nothing." },
+                        }
+                    }
+                    div {
+                        h3 { "Downstream" }
+                        @match &down {
+                            Some(n) if !n.children.is_empty() => (lineage_list(c, n)),
+                            _ => p class="muted" { "Nothing was built from it yet." },
+                        }
+                    }
                 }
             }
         }

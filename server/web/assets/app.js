@@ -23,6 +23,10 @@
   var seq = Number(body.dataset.seq || 0);
   var timer = null, busy = false, again = false;
   var es = new EventSource("/api/v1/events/stream?since=" + (seq + 1));
+  // Let the connection go with the page (a browser allows few per host; a page kept in the
+  // back/forward cache must not hold one).
+  window.addEventListener("pagehide", function () { es.close(); });
+  window.addEventListener("pageshow", function (e) { if (e.persisted) location.reload(); });
   es.onmessage = function (e) {
     if (Number(e.lastEventId) > seq) schedule();
   };
