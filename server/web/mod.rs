@@ -215,7 +215,10 @@ pub fn enc(s: &str) -> String {
 impl Web {
     /// Resolves `at` (a seq, or an RFC 3339 time, or nothing/`live`) to a seq of the durable log.
     fn resolve_at(&self, p: &Params, end: u64) -> Result<Option<u64>, PageError> {
-        let Some(at) = p.get("at") else { return Ok(None) };
+        // The history bar sends its slider's `at` and then its text field's: a typed value wins.
+        let Some(at) = p.all("at").map(str::trim).filter(|v| !v.is_empty()).last() else {
+            return Ok(None);
+        };
         if at == "live" {
             return Ok(None);
         }

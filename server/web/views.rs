@@ -215,6 +215,11 @@ pub fn home(c: &Ctx, state: &State) -> Result<Markup, PageError> {
     let shown: Vec<&crate::state::Request> =
         ids.iter().skip(page * PAGE).take(PAGE).filter_map(|id| state.requests.get(id)).collect();
     let stats = query::job_stats(state);
+    // The newest request's first ref shows what a ref of this graph looks like.
+    let placeholder = shown
+        .first()
+        .and_then(|r| r.requested.first())
+        .map_or_else(|| "a partition ref".to_string(), |r| format!("e.g. {r}"));
     let body = html! {
         @if c.at.is_none() {
             section class="card" {
@@ -222,7 +227,7 @@ pub fn home(c: &Ctx, state: &State) -> Result<Markup, PageError> {
                 form method="post" action="/ui/build" class="build-form" {
                     (token_field(c))
                     label for="refs" { "Partitions (one ref per line, or separated by spaces)" }
-                    textarea id="refs" name="refs" rows="3" placeholder="color_vote_report/2025-01-28/red" {}
+                    textarea id="refs" name="refs" rows="3" placeholder=(placeholder) {}
                     div class="row" {
                         label { input type="checkbox" name="force" value="1"; " force (rebuild even if available)" }
                         button type="submit" class="primary" { "Build" }
@@ -436,11 +441,11 @@ pub fn build(c: &Ctx, state: &State, id: &str) -> Result<Markup, PageError> {
         .filter(|r| r.status != JobStatus::JobSkipped)
         .take(300)
         .map(|run| Bar {
-            label: format!(
-                "{} {}",
-                run.job_label,
-                run.targets.first().map(|t| t.to_string()).unwrap_or_default()
-            ),
+            label: match run.targets.len() {
+                0 => run.job_label.to_string(),
+                1 => run.targets[0].to_string(),
+                n => format!("{} +{}", run.targets[0], n - 1),
+            },
             queued: run.first_ts,
             start: run.running.map(|x| x.1),
             end: run.ended.map(|x| x.1),

@@ -114,6 +114,9 @@ fn pages_render_escape_and_travel_in_time() {
     assert_eq!(t.status, 200);
     assert!(t.body.contains("as of seq 0"), "{}", t.body);
     assert_eq!(s.get("/?at=yesterday").status, 400);
+    // The history bar without JavaScript sends the slider's value, then the typed one: typed wins.
+    let typed = s.get(&format!("/builds/{id}?at=999&at={received}"));
+    assert!(typed.body.contains(&format!("as of seq {received}")), "{}", typed.body);
     assert_eq!(s.get("/?page=x").status, 400);
 
     // Assets are served by databuild itself.
