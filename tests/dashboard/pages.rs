@@ -168,7 +168,7 @@ fn forms_need_the_token_and_the_host_check_applies() {
     assert!(a.body.contains("Nothing was recorded"));
     assert!(!s.get("/events").body.contains("raw/2"), "analyze recorded nothing");
     // Cancel: unknown 404, ended 409.
-    assert_eq!(post(&format!("/ui/cancel/nope"), &form(&[("token", &s.token)]), &[]).status, 404);
+    assert_eq!(post("/ui/cancel/nope", &form(&[("token", &s.token)]), &[]).status, 404);
     assert_eq!(post(&format!("/ui/cancel/{id}"), &form(&[("token", &s.token)]), &[]).status, 409);
     assert_eq!(post(&format!("/ui/cancel/{id}"), "", &[]).status, 401);
 }
