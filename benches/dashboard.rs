@@ -102,9 +102,9 @@ fn main() {
         ("home ?at=half (cold)".into(), format!("/?at={half}")),
         ("home ?at=half+1 (step)".into(), format!("/?at={}", half + 1)),
         ("home ?at=half+1000 (scrub)".into(), format!("/?at={}", half + 1000)),
-        ("build ?at=half".into(), format!("/builds/{build}?at={half}")),
+        ("build ?at=end-5 (cold)".into(), format!("/builds/{build}?at={}", events - 5)),
         ("home ?at=1000 (cold, back)".into(), "/?at=1000".into()),
-        ("partition ?at=half".into(), format!("/partition?ref=raw%2F{}&at={half}", mid / 2)),
+        ("partition ?at=1000+10 (step)".into(), "/partition?ref=raw%2F3&at=1010".into()),
     ];
     let mut worst: f64 = 0.0;
     for (name, path) in &pages {

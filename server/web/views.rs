@@ -1079,7 +1079,7 @@ fn event_refs(ev: &BuildEvent) -> Vec<&str> {
 
 /// Events scanned per page at most (older ones are a link away), so a filtered page of a
 /// million-event log stays fast.
-const SCAN: u64 = 100_000;
+const SCAN: u64 = 40_000;
 
 /// `/events`: newest first, filtered by build, partition glob and job label.
 pub fn events(c: &Ctx, state: &State) -> Result<Markup, PageError> {

@@ -130,22 +130,33 @@ impl Browser {
         }
     }
 
+    /// `method` on the element `css` matches, finding it again if a live update replaced it
+    /// between the find and the call (a "stale element reference").
+    fn on_element(&self, css: &str, method: &str, what: &str, body: Option<Value>) -> Value {
+        for _ in 0..20 {
+            let e = self.find(css);
+            let b = body.as_ref().map(|b| b.to_string()).unwrap_or_default();
+            let h = [("Content-Type", "application/json")];
+            let r = request(&self.addr, method, &self.s(&format!("/element/{e}/{what}")), &h, &b);
+            if r.status == 200 {
+                return serde_json::from_str::<Value>(&r.body).unwrap()["value"].clone();
+            }
+            assert!(r.body.contains("stale element"), "WebDriver {what} on {css}: {}", r.body);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{css} kept being replaced");
+    }
+
     fn text(&self, css: &str) -> String {
-        let e = self.find(css);
-        self.call("GET", &self.s(&format!("/element/{e}/text")), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.on_element(css, "GET", "text", None).as_str().unwrap_or_default().to_string()
     }
 
     fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.call("POST", &self.s(&format!("/element/{e}/click")), Some(json!({})));
+        self.on_element(css, "POST", "click", Some(json!({})));
     }
 
     fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.call("POST", &self.s(&format!("/element/{e}/value")), Some(json!({ "text": text })));
+        self.on_element(css, "POST", "value", Some(json!({ "text": text })));
     }
 
     fn js(&self, script: &str) -> Value {
