@@ -106,6 +106,16 @@ fn main() {
         ("home ?at=1000 (cold, back)".into(), "/?at=1000".into()),
         ("partition ?at=1000+10 (step)".into(), "/partition?ref=raw%2F3&at=1010".into()),
     ];
+    // Exactness of the in-memory rungs: a history page folded from the first event (leaving
+    // rungs behind) equals the same page later rebuilt from a rung.
+    let quarter = events as u64 / 4 + 7;
+    let (t_first, _, folded) = get(&format!("/?at={quarter}"));
+    get("/?at=10");
+    let (t_rung, _, from_rung) = get(&format!("/?at={quarter}"));
+    assert_eq!(folded, from_rung, "a page at seq {quarter} from a rung differs from the fold");
+    println!(
+        "?at={quarter}: {t_first:.1} ms folded from the first event, {t_rung:.1} ms from a rung (same page)"
+    );
     let mut worst: f64 = 0.0;
     for (name, path) in &pages {
         // The first fetch (cold for a history point), then the median of five.
