@@ -12,9 +12,7 @@
 //! - **History**: `?at=SEQ|TIME` folds the log to that point (the newest snapshot at or below
 //!   it, then replay: the same fold as `status --at`, never a second store). The last such
 //!   state is kept and folded forward, so stepping and scrubbing forward costs only the events
-//!   stepped over; and as history pages fold, they keep in-memory snapshots (the snapshot
-//!   encoding, at frame ends, about every 100,000 events, at most 12), so a jump folds at most
-//!   about that many events once the log up to it has been folded for a page.
+//!   stepped over.
 //! - **Actions**: the dashboard's forms post to its own routes (`/ui/...`) with the server's
 //!   token in a hidden field `token` (or `Authorization: Bearer`); the Host check applies as to
 //!   every HTTP request. Anyone who can read a page can act: a page is only readable from an
@@ -43,29 +41,16 @@ use crate::store::{self, StoreError};
 /// is cheaper.
 const FORWARD_LIMIT: u64 = 50_000;
 
-/// History pages keep an in-memory snapshot of the state about every this many events (at the
-/// end of a frame) as they fold the log, so a later jump folds at most this many events.
-const RUNG_EVERY: u64 = 100_000;
-/// At most this many in-memory snapshots (the oldest go first).
-const MAX_RUNGS: usize = 12;
-
-/// The dashboard's own state: the server's, the last historical state shown, and in-memory
-/// snapshots of past states (the snapshot encoding, derived from the log like the snapshot
-/// files; nothing is written).
+/// The dashboard's own state: the server's, and the last historical state shown.
 #[derive(Debug)]
 pub struct Web {
     shared: Arc<Shared>,
     past: Mutex<Option<State>>,
-    rungs: Mutex<Vec<(u64, Arc<Vec<u8>>)>>,
 }
 
 /// The dashboard's routes, with the HTTP API (and its 404) behind them for every other path.
 pub fn routes(shared: Arc<Shared>) -> Router {
-    let web = Arc::new(Web {
-        shared: shared.clone(),
-        past: Mutex::new(None),
-        rungs: Mutex::new(Vec::new()),
-    });
+    let web = Arc::new(Web { shared: shared.clone(), past: Mutex::new(None) });
     Router::new()
         .route("/", get(home))
         .route("/builds/{id}", get(build))
@@ -277,66 +262,13 @@ impl Web {
                         if let Some(old) = past.take() {
                             std::thread::spawn(move || drop(old));
                         }
-                        *past = Some(self.cold_state(&reader, seq)?);
+                        *past = Some(query::state_at(&reader, Until::Seq(seq))?);
                     }
                 }
                 let state = past.as_ref().expect("set above");
                 f(state)
             }
         }
-    }
-
-    /// The state as of `seq` from the nearest snapshot at or below it (a file, or one of the
-    /// in-memory rungs), leaving rungs behind on the way.
-    fn cold_state(&self, reader: &databuild_log::Reader, seq: u64) -> Result<State, StoreError> {
-        if seq == 0 {
-            return Ok(State::new());
-        }
-        let Some(databuild_log::LogId(log_id)) = reader.log_id() else {
-            return query::state_at(reader, Until::Seq(seq));
-        };
-        let file = store::snapshots::list(reader.dir())
-            .into_iter()
-            .map(|(s, _)| s)
-            .filter(|&s| s <= seq)
-            .max()
-            .unwrap_or(0);
-        let rung = self.rungs.lock().iter().filter(|(s, _)| *s <= seq).max_by_key(|r| r.0).cloned();
-        let mut state = match rung {
-            Some((s, bytes)) if s > file => match crate::state::snapshot::decode(&bytes, log_id) {
-                Ok(state) => state,
-                Err(_) => store::fold_with_snapshot(reader, file)?.0,
-            },
-            _ => store::fold_with_snapshot(reader, file)?.0,
-        };
-        // Fold on to `seq`, keeping a rung at the end of the frame past each multiple of
-        // RUNG_EVERY that has none near it.
-        loop {
-            let next = (state.last_seq / RUNG_EVERY + 1) * RUNG_EVERY;
-            if next >= seq {
-                break;
-            }
-            let end = match reader.frames_from(next).next() {
-                Some(Ok(f)) => f.first_seq() + u64::from(f.count()) - 1,
-                _ => break,
-            };
-            if end >= seq {
-                break;
-            }
-            store::fold(reader, &mut state, end)?;
-            let near = self.rungs.lock().iter().any(|(s, _)| s.abs_diff(end) < RUNG_EVERY / 2);
-            if !near && let Ok(Some(anchor)) = store::anchor_at(reader, end) {
-                let bytes = Arc::new(crate::state::snapshot::encode(&state, log_id, anchor));
-                let mut rungs = self.rungs.lock();
-                rungs.push((end, bytes));
-                rungs.sort_by_key(|r| r.0);
-                if rungs.len() > MAX_RUNGS {
-                    rungs.remove(0);
-                }
-            }
-        }
-        store::fold(reader, &mut state, seq)?;
-        Ok(state)
     }
 
     /// Renders a page on the blocking pool (folding and reading the log are blocking work).
