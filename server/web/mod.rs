@@ -428,7 +428,7 @@ async fn ui_build(
         Err(r) => return r,
     };
     let force = p.get("force").is_some_and(|v| v != "0" && v != "false");
-    let spec = BuildSpec { refs, force, cap: None };
+    let spec = BuildSpec { refs, force, stale: false, cap: None };
     match web.shared.engine.submit(spec, Arc::new(crate::engine::Quiet)).await {
         Ok(id) => Redirect::to(&format!("/builds/{}", enc(&id))).into_response(),
         Err(e) => {
