@@ -4,6 +4,8 @@
 //! The history is synthetic but legal (written through the store, so the fold checked every
 //! transition): one build request per day, each building raw/<day>, agg/<day> (reading the last
 //! seven raws) and report/<day> (reading agg/<day>), with manifests naming the producing runs.
+//! Then every 100th raw is rebuilt alone, so the aggs that read it and their reports are stale:
+//! the staleness of every partition is measured in-process and through `status --status stale`.
 //!
 //! Run: `cargo bench --bench query`.
 
@@ -48,11 +50,17 @@ fn main() {
     };
     let (store, _) = Store::open(&log, opts).unwrap();
     let t = Instant::now();
-    let (events, days) = history::generate(&store, target, 64);
+    let (mut events, days) = history::generate(&store, target, 64);
+    let mut rebuilt = 0;
+    for d in (0..days).step_by(100) {
+        events += history::rebuild_raw(&store, d, &mut Default::default());
+        rebuilt += 1;
+    }
+    store.flush().unwrap().map(|p| p.wait().unwrap());
     let gen_s = t.elapsed().as_secs_f64();
     store.close().unwrap();
     println!(
-        "fixture: {events} events ({days} build requests, {} partitions) written through the fold in {gen_s:.2} s",
+        "fixture: {events} events ({days} build requests, {} partitions, {rebuilt} raws rebuilt) written through the fold in {gen_s:.2} s",
         days * 3
     );
 
@@ -73,6 +81,16 @@ fn main() {
     let (state, _, _) = databuild::store::load(&log, u64::MAX).unwrap();
     assert_eq!(state.last_seq as usize, events);
     println!("load (newest snapshot, then the rest): {:.3} s", t.elapsed().as_secs_f64());
+    // Staleness is kept by the fold: asking for every partition's reads a flag per partition.
+    let t = Instant::now();
+    let parts = state.partitions();
+    let stale = parts.iter().filter(|p| state.stale(p).is_some()).count();
+    let stale_s = t.elapsed().as_secs_f64();
+    assert!(stale >= rebuilt, "every rebuilt raw left stale readers");
+    println!(
+        "staleness of every partition ({} partitions, {stale} stale), on the loaded state: {stale_s:.3} s (target < 1 s)",
+        parts.len()
+    );
     drop(state);
 
     let last = days - 1;
@@ -81,6 +99,16 @@ fn main() {
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("status REF", vec!["status".into(), report.clone()]),
         ("status (all partitions, json)", vec!["status".into(), "--format".into(), "json".into()]),
+        (
+            "status --status stale (json)",
+            vec![
+                "status".into(),
+                "--status".into(),
+                "stale".into(),
+                "--format".into(),
+                "json".into(),
+            ],
+        ),
         ("lineage REF", vec!["lineage".into(), report.clone()]),
         ("lineage REF --downstream", vec!["lineage".into(), raw.clone(), "--downstream".into()]),
         ("explain REF", vec!["explain".into(), report.clone()]),

@@ -1799,19 +1799,25 @@ pub fn plan_commit(
     let mut events = Vec::new();
     let mut skipped: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
     // Tasks whose outputs became AVAILABLE while `config` ran (another request built them and is
-    // done with them, so it is not `building` them): satisfied now, as if planned so. Only what
-    // became AVAILABLE after this request was received counts: an older AVAILABLE the planner
-    // chose to rebuild (`--force`, its data gone) is rebuilt.
-    let received = state.requests.get(request.as_str()).map_or(u64::MAX, |r| r.received_seq);
+    // done with them, so it is not `building` them): satisfied now, as if planned so, unless
+    // this request is forced to rebuild them.
+    // Only an instance newer than the request counts: one that was AVAILABLE when planning began
+    // is in the plan on purpose (stale, missing data, or forced).
+    let forced = state.requests.get(request.as_str()).is_some_and(|r| r.force);
+    let since = state.requests.get(request.as_str()).map_or(u64::MAX, |r| r.received_seq);
+    let built_since = |o: &String| {
+        state.is_available(o)
+            && state
+                .catalog
+                .get(o.as_str())
+                .is_some_and(|c| c.available.iter().any(|(seq, _)| *seq > since))
+    };
     let late: Vec<usize> = (0..plan.nodes.len())
         .filter(|&n| {
             let outs = &plan.nodes[n].outputs;
             !outs.is_empty()
-                && outs.iter().all(|o| {
-                    state.catalog.get(o.as_str()).and_then(|c| c.shown()).is_some_and(|f| {
-                        f.status == PartitionStatus::PartitionAvailable && f.seq > received
-                    })
-                })
+                && outs.iter().all(built_since)
+                && !(forced && outs.iter().any(|o| plan.requested.contains(o)))
         })
         .collect();
     let late_refs = late.iter().flat_map(|&n| &plan.nodes[n].outputs);

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio_stream::StreamExt as _;
 
 use crate::engine::{BuildSpec, CancelOutcome};
+use crate::freshness::Freshness;
 use crate::graph::LookupError;
 use crate::server::events::{self, Subscription};
 use crate::server::{Shared, Via};
@@ -370,6 +371,7 @@ async fn status(State(shared): State<Arc<Shared>>, q: RawParams) -> Response {
     };
     read_view(shared, move |sh| {
         let values = match at {
+            // Now: the graph's job versions count too; in the past: the log alone (as the CLI).
             None => {
                 let state = sh.view.current()?;
                 views::status(&state, &refs, Some(&sh.graph), Some(&sh.graph))?
@@ -427,7 +429,8 @@ async fn explain(State(shared): State<Arc<Shared>>, q: RawParams) -> Response {
                 unknown_ref(sh, &state, t)?;
             }
             let refs = views::explain_refs(&state, &r, &typed, Some(&sh.graph))?;
-            refs.iter().map(|r| query::explain(&state, r)).collect::<Vec<_>>()
+            let fresh = Freshness::with_graph(&state, &sh.graph);
+            refs.iter().map(|r| query::explain_with(&fresh, r)).collect::<Vec<_>>()
         };
         // The output tails are read with the lock released.
         let values: Vec<Value> = values

@@ -11,6 +11,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod info;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -136,11 +137,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The one router: the gRPC services, with the HTTP routes (and their 404) behind them for
-/// every other path. (tonic's router brings its own fallback, so the two are chained, not merged;
+/// The one router: the gRPC services, with the dashboard and the HTTP routes (and their 404)
+/// behind them for every other path. (tonic's router brings its own fallback, so the two are chained, not merged;
 /// a gRPC call of an unknown method gets HTTP 404, which gRPC clients read as UNIMPLEMENTED.)
 pub fn router(shared: Arc<Shared>) -> axum::Router {
-    grpc::routes(shared.clone()).fallback_service(http::routes(shared))
+    grpc::routes(shared.clone()).fallback_service(web::routes(shared))
 }
 
 /// Serves `router` on `tcp` and on `unix` until `shared` is stopped; open connections get a few

@@ -1,6 +1,7 @@
 //! Property: the live engine's state is the fold of its log. Random DAGs of jobs (some failing,
-//! some inputs QUERY only, sometimes with a retry) are built by random requests (some forced)
-//! through the real engine and real job processes; after every build, the state the engine holds
+//! some inputs QUERY only, sometimes with a retry) are built by random requests (some forced, some
+//! followed by a taint) through the real engine and real job processes, so runs record versions
+//! and instances go stale and tainted; after every build and taint, the state the engine holds
 //! must equal a fresh fold of the log from disk, and after the last, a state loaded from a
 //! snapshot of it plus nothing must equal it too.
 
@@ -46,10 +47,17 @@ fn dag() -> impl Strategy<Value = Dag> {
     })
 }
 
-/// Builds to run: (refs as indexes, force).
-fn builds(n: usize) -> impl Strategy<Value = Vec<(Vec<usize>, bool)>> {
+/// What to do after a build: nothing, or taint a partition (with `--downstream` or not).
+type TaintAfter = Option<(usize, bool)>;
+
+/// Builds to run: (refs as indexes, force, a taint after it).
+fn builds(n: usize) -> impl Strategy<Value = Vec<(Vec<usize>, bool, TaintAfter)>> {
     proptest::collection::vec(
-        (proptest::collection::vec(0..n, 1..=3), proptest::bool::weighted(0.25)),
+        (
+            proptest::collection::vec(0..n, 1..=3),
+            proptest::bool::weighted(0.25),
+            proptest::option::weighted(0.3, (0..n, proptest::bool::ANY)),
+        ),
         1..=3,
     )
 }
@@ -101,13 +109,13 @@ fn fold_from_disk(log: &Path) -> State {
     s
 }
 
-fn run_case(d: &Dag, plan: &[(Vec<usize>, bool)]) -> Result<(), TestCaseError> {
+fn run_case(d: &Dag, plan: &[(Vec<usize>, bool, TaintAfter)]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let p = dir.path();
     std::fs::write(p.join("job.sh"), job_script(d)).unwrap();
     std::fs::set_permissions(p.join("job.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let toml = format!(
-        "[[jobs]]\nlabel = \"j\"\nentrypoint = \"job.sh\"\nretries = {}\npartition_patterns = ['p/\\d+']\n",
+        "[[jobs]]\nlabel = \"j\"\nentrypoint = \"job.sh\"\nversion = \"1\"\nretries = {}\npartition_patterns = ['p/\\d+']\n",
         d.retries
     );
     std::fs::write(p.join("databuild.toml"), toml).unwrap();
@@ -129,7 +137,7 @@ fn run_case(d: &Dag, plan: &[(Vec<usize>, bool)]) -> Result<(), TestCaseError> {
         .block_on(Engine::open(store.clone(), graph.clone(), settings, executor))
         .map_err(|e| TestCaseError::fail(format!("open: {e}")))?
         .0;
-    for (refs, force) in plan {
+    for (refs, force, taint) in plan {
         let spec = BuildSpec {
             refs: refs.iter().map(|i| format!("p/{i}")).collect(),
             force: *force,
@@ -147,6 +155,17 @@ fn run_case(d: &Dag, plan: &[(Vec<usize>, bool)]) -> Result<(), TestCaseError> {
         prop_assert!(live.open_requests().is_empty(), "every request ended");
         prop_assert!(live.live_runs().is_empty(), "no run left live");
         prop_assert_eq!(&live, &fold_from_disk(&log), "live state == fold(replay(log))");
+        if let Some((i, downstream)) = taint {
+            let spec = databuild::freshness::TaintSpec {
+                refs: vec![format!("p/{i}")],
+                downstream: *downstream,
+                reason: "property".into(),
+            };
+            rt.block_on(engine.handle().taint(spec))
+                .map_err(|e| TestCaseError::fail(format!("taint: {e}")))?;
+            let live = store.state().clone();
+            prop_assert_eq!(&live, &fold_from_disk(&log), "after a taint: live == fold");
+        }
     }
     rt.block_on(engine.close()).map_err(|e| TestCaseError::fail(format!("close: {e}")))?;
     let live = store.state().clone();

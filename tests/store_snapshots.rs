@@ -65,6 +65,33 @@ fn request(store: &Store, n: u32) {
     store.stage(evs).unwrap();
 }
 
+/// One completed request that rebuilds `in/<n>` alone, recording job version `version`.
+fn rebuild_input(store: &Store, n: u32, version: &str) {
+    let req = store.new_id();
+    let i = format!("in/{n}");
+    let t = vec![i.clone()];
+    let run = store.new_id();
+    let mut evs = vec![ev::received(&req, &t, true, "")];
+    evs.push(ev::partition(&req, &i, P::PartitionRequested, "", ""));
+    evs.push(ev::request(&req, B::BuildRequestPlanning, ""));
+    evs.push(ev::partition(&req, &i, P::PartitionAnalyzed, "", ""));
+    evs.push(ev::job_graph(&req, JobGraph::default()));
+    evs.push(ev::request(&req, B::BuildRequestAnalysisCompleted, ""));
+    evs.push(ev::request(&req, B::BuildRequestExecuting, ""));
+    let mut sch = ev::job(&req, &run, "ingest", &t);
+    sch.version = Some(version.to_string());
+    evs.push(sch.event(J::JobScheduled));
+    evs.push(ev::job(&req, &run, "ingest", &t).event(J::JobRunning));
+    evs.push(ev::partition(&req, &i, P::PartitionBuilding, &run, ""));
+    let mut done = ev::job(&req, &run, "ingest", &t);
+    done.manifests =
+        vec![PartitionManifest { outputs: vec![ev::pref(&i)], ..PartitionManifest::default() }];
+    evs.push(done.event(J::JobCompleted));
+    evs.push(ev::partition(&req, &i, P::PartitionAvailable, &run, ""));
+    evs.push(ev::request(&req, B::BuildRequestCompleted, ""));
+    store.stage(evs).unwrap();
+}
+
 fn full_fold(dir: &Path, until: u64) -> State {
     let r = Reader::open(dir, ReadOptions::default()).unwrap();
     let mut s = State::new();
@@ -137,11 +164,27 @@ fn snapshots_shorten_the_fold_without_changing_its_result() {
     let (st, _) = Store::open(&log, opts()).unwrap();
     request(&st, 5);
     request(&st, 70);
+    // Freshness too: in/6 rebuilt alone makes out/6 (still only in the snapshot) stale; out/7 is
+    // tainted, which makes nothing stale (nothing read it).
+    rebuild_input(&st, 6, "2");
+    let out7 = st.state().catalog.get("out/7").unwrap().available.last().unwrap().1.to_string();
+    st.stage(vec![ev::partition("", "out/7", P::PartitionTainted, &out7, "bad rows")]).unwrap();
     st.flush().unwrap().map(|p| p.wait().unwrap());
     let live = st.state().clone();
     st.close().unwrap();
     assert_eq!(live, full_fold(&log, u64::MAX));
     assert_eq!(live.catalog.len(), all.catalog.len() + 2, "in/70 and out/70 are new");
+    let stale = live.stale("out/6").expect("out/6 is stale");
+    assert!(stale.reasons[0].text().starts_with("input in/6 rebuilt at seq "), "{stale:?}");
+    assert!(live.stale("out/5").is_none(), "out/5 was rebuilt from the new in/5");
+    assert_eq!(live.partition_status("out/7"), P::PartitionTainted);
+    assert_eq!(live.job_version("ingest").map(|(v, _)| v), Some("2"));
+    // A snapshot of that state loads as it, stale entries and taints included.
+    snapshots::write_current(&log, &live).unwrap();
+    let (loaded, _, warnings) = store::load(&log, u64::MAX).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(loaded, live);
+    assert_eq!(loaded.stale("out/6"), Some(stale));
 }
 
 #[test]

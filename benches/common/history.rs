@@ -103,3 +103,36 @@ pub fn generate(store: &Store, target: usize, flush_every: u64) -> (usize, u64) 
     store.flush().unwrap().map(|p| p.wait().unwrap());
     (events, days)
 }
+
+/// Rebuilds raw/<d> alone in a request of its own (a forced rebuild): the aggs that read the old
+/// instance, and the reports built from them, become stale. Returns the events written.
+#[allow(dead_code)]
+pub fn rebuild_raw(
+    store: &Store,
+    d: u64,
+    producers: &mut std::collections::HashMap<String, String>,
+) -> usize {
+    let req = store.new_id();
+    let raw = format!("raw/{d}");
+    let targets = vec![raw.clone()];
+    let run = store.new_id();
+    let mut events = vec![ev::received(&req, &targets, true, "")];
+    events.push(ev::partition(&req, &raw, P::PartitionRequested, "", ""));
+    events.push(ev::request(&req, B::BuildRequestPlanning, ""));
+    events.push(ev::partition(&req, &raw, P::PartitionAnalyzed, "", ""));
+    events.push(ev::job_graph(&req, JobGraph::default()));
+    events.push(ev::request(&req, B::BuildRequestAnalysisCompleted, ""));
+    events.push(ev::request(&req, B::BuildRequestExecuting, ""));
+    events.push(ev::job(&req, &run, "ingest", &targets).event(J::JobScheduled));
+    events.push(ev::job(&req, &run, "ingest", &targets).event(J::JobRunning));
+    events.push(ev::partition(&req, &raw, P::PartitionBuilding, &run, ""));
+    let mut done = ev::job(&req, &run, "ingest", &targets);
+    done.manifests = vec![manifest(&targets, &[])];
+    events.push(done.event(J::JobCompleted));
+    events.push(ev::partition(&req, &raw, P::PartitionAvailable, &run, ""));
+    events.push(ev::request(&req, B::BuildRequestCompleted, ""));
+    producers.insert(raw, run);
+    let n = events.len();
+    store.stage(events).expect("legal history");
+    n
+}

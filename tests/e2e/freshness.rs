@@ -276,7 +276,7 @@ fn a_tainted_partition_is_built_again_and_its_readers_are_stale() {
     assert!(stale_of(&e, "sum/1", None).1[0].starts_with("input raw/1 rebuilt at seq "));
     e.run(&["build", "top/1", "--stale"]).ok();
     assert_eq!(e.ledger(), ["raw/1", "sum/1", "top/1", "raw/1", "sum/1", "top/1"]);
-    assert!(!e.run(&["verify"]).ok().stdout.is_empty());
+    e.run(&["verify"]).ok();
 }
 
 #[test]
@@ -414,7 +414,8 @@ mod props {
                     || !e.exists(&format!("data/{}", name(*i)))
             })
             .collect();
-        for (i, ds) in deps.iter().enumerate().take(n) {
+        // Dependencies have smaller indexes: one pass in order reaches the whole closure.
+        for (i, ds) in deps.iter().enumerate() {
             if ds.iter().any(|d| need.contains(d)) {
                 need.insert(i);
             }

@@ -260,8 +260,12 @@ fn huge_ranges_short_tails_and_glob_characters_in_refs() {
         .as_str()
         .unwrap()
         .to_string();
-    let last = &run[run.len() - 1..];
-    e.run(&["builds", last]).code(2);
+    // A tail shorter than the 8 characters tables show names nothing (unless it happens to be
+    // a prefix of the id, which ids starting "01..." make likely for a single character).
+    let last = &run[run.len() - 2..];
+    if !run.starts_with(last) {
+        e.run(&["builds", last]).code(2);
+    }
     // raw/.+ owns it: a ref, never requested.
     let ex = e.run(&["explain", "--format", "json", "raw/q?x=1"]);
     ex.ok();

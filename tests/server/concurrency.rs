@@ -101,12 +101,7 @@ fn submit_all(
             children.push(env.spawn(&args, &[]));
         } else {
             let mut ctl = server.control();
-            let req = server.authed(SubmitBuildRequest {
-                outputs,
-                force: false,
-                max_concurrent_runs: 0,
-                ..Default::default()
-            });
+            let req = server.authed(SubmitBuildRequest { outputs, ..Default::default() });
             submits.push(rt().spawn(async move { ctl.submit_build(req).await }));
         }
     }
@@ -307,7 +302,6 @@ fn a_partition_another_request_finishes_while_this_one_plans_is_not_built_again(
         let req = server.authed(SubmitBuildRequest {
             outputs: refs(&[r]),
             force: false,
-            max_concurrent_runs: 0,
             ..Default::default()
         });
         rt().block_on(ctl.submit_build(req)).expect("SubmitBuild").into_inner().build_request_id

@@ -82,7 +82,6 @@ fn interrupt_and_resume(sig: &str) {
     let req = server.authed(SubmitBuildRequest {
         outputs: vec![PartitionRef { str: "c/1".into() }],
         force: false,
-        max_concurrent_runs: 0,
         ..Default::default()
     });
     let id =
@@ -228,7 +227,6 @@ fn an_older_request_delegating_to_a_younger_one_finishes_after_a_crash() {
         let req = server.authed(SubmitBuildRequest {
             outputs: vec![PartitionRef { str: r.into() }],
             force: false,
-            max_concurrent_runs: 0,
             ..Default::default()
         });
         rt().block_on(ctl.submit_build(req)).expect("SubmitBuild").into_inner().build_request_id
