@@ -155,6 +155,10 @@ pub async fn serve(
     let tcp_app = app.clone().layer(axum::Extension(Via::Tcp));
     let s = shared.clone();
     let tcp_task = tokio::spawn(async move {
+        // Small gRPC/HTTP2 frames must not wait for the peer's delayed ACK (Nagle).
+        let tcp = axum::serve::ListenerExt::tap_io(tcp, |s: &mut tokio::net::TcpStream| {
+            let _ = s.set_nodelay(true);
+        });
         axum::serve(tcp, tcp_app.into_make_service())
             .with_graceful_shutdown(async move { s.stopped().await })
             .await
