@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt as _;
 
-use crate::engine::{BuildSpec, CancelOutcome};
+use crate::engine::BuildSpec;
 use crate::freshness::Freshness;
 use crate::graph::LookupError;
 use crate::server::events::{self, Subscription};
@@ -154,37 +154,18 @@ async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         }
     }
     let spec = BuildSpec { refs: b.partitions, force: b.force, stale: b.stale, cap: None };
-    match shared.engine.submit(spec, Arc::new(crate::engine::Quiet)).await {
+    match shared.submit(spec).await {
         Ok(id) => {
             (StatusCode::ACCEPTED, axum::Json(json!({ "buildRequestId": id }))).into_response()
         }
-        Err(e) => {
-            let s = crate::server::grpc::submit_status(e);
-            let code = if s.code() == tonic::Code::InvalidArgument {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            error(code, s.message())
-        }
+        Err(r) => error(r.status, r.message),
     }
 }
 
 async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    match shared.engine.cancel(&id, "cancelled through the server").await {
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Ok(CancelOutcome::Unknown) => error(
-            StatusCode::NOT_FOUND,
-            format!("no build request {id} in the log; see `databuild builds` for the ids"),
-        ),
-        Ok(CancelOutcome::AlreadyEnded(s)) => error(
-            StatusCode::CONFLICT,
-            format!(
-                "build request {id} already ended ({}); nothing to cancel",
-                crate::query::short_status(s.as_str_name())
-            ),
-        ),
-        Ok(_) => (StatusCode::OK, axum::Json(json!({ "buildRequestId": id, "cancelling": true })))
+    match shared.cancel(&id, "cancelled through the server").await {
+        Err(r) => error(r.status, r.message),
+        Ok(()) => (StatusCode::OK, axum::Json(json!({ "buildRequestId": id, "cancelling": true })))
             .into_response(),
     }
 }

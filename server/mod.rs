@@ -131,6 +131,54 @@ impl Shared {
     }
 }
 
+/// A change the server refused: the HTTP status and the message (the CLI's, without `error: `).
+#[derive(Debug)]
+pub struct Refused {
+    /// 400 (bad input), 404 (unknown id), 409 (already ended) or 503 (engine gone).
+    pub status: axum::http::StatusCode,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl Shared {
+    /// Records a build request for the HTTP API and the dashboard: its id once RECEIVED is
+    /// durable.
+    pub async fn submit(&self, spec: crate::engine::BuildSpec) -> Result<String, Refused> {
+        use axum::http::StatusCode;
+        self.engine.submit(spec, Arc::new(crate::engine::Quiet)).await.map_err(|e| {
+            let s = grpc::submit_status(e);
+            let status = if s.code() == tonic::Code::InvalidArgument {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            Refused { status, message: s.message().to_string() }
+        })
+    }
+
+    /// Cancels a live build request for the HTTP API and the dashboard.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<(), Refused> {
+        use crate::engine::CancelOutcome;
+        use axum::http::StatusCode;
+        let refused = |status, message: String| Err(Refused { status, message });
+        match self.engine.cancel(id, reason).await {
+            Err(e) => refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            Ok(CancelOutcome::Unknown) => refused(
+                StatusCode::NOT_FOUND,
+                format!("no build request {id} in the log; see `databuild builds` for the ids"),
+            ),
+            Ok(CancelOutcome::AlreadyEnded(s)) => refused(
+                StatusCode::CONFLICT,
+                format!(
+                    "build request {id} already ended ({}); nothing to cancel",
+                    crate::query::short_status(s.as_str_name())
+                ),
+            ),
+            Ok(CancelOutcome::Cancelling | CancelOutcome::Recorded) => Ok(()),
+        }
+    }
+}
+
 /// Compares without stopping at the first difference, so a token cannot be guessed byte by byte
 /// from response times.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -31,7 +31,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use parking_lot::Mutex;
 
-use crate::engine::{BuildSpec, CancelOutcome};
+use crate::engine::BuildSpec;
 use crate::query::{self, Until};
 use crate::server::{Shared, Via, http};
 use crate::state::State;
@@ -429,17 +429,9 @@ async fn ui_build(
     };
     let force = p.get("force").is_some_and(|v| v != "0" && v != "false");
     let spec = BuildSpec { refs, force, stale: false, cap: None };
-    match web.shared.engine.submit(spec, Arc::new(crate::engine::Quiet)).await {
+    match web.shared.submit(spec).await {
         Ok(id) => Redirect::to(&format!("/builds/{}", enc(&id))).into_response(),
-        Err(e) => {
-            let s = crate::server::grpc::submit_status(e);
-            let code = if s.code() == tonic::Code::InvalidArgument {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            error_page(code, s.message())
-        }
+        Err(r) => error_page(r.status, &r.message),
     }
 }
 
@@ -499,19 +491,9 @@ async fn ui_cancel(
     if let Err(r) = authorized_form(&web, via.map(|v| v.0), &headers, f) {
         return r;
     }
-    match web.shared.engine.cancel(&id, "cancelled from the dashboard").await {
-        Err(e) => error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-        Ok(CancelOutcome::Unknown) => {
-            error_page(StatusCode::NOT_FOUND, &format!("no build request {id} in the log"))
-        }
-        Ok(CancelOutcome::AlreadyEnded(s)) => error_page(
-            StatusCode::CONFLICT,
-            &format!(
-                "build request {id} already ended ({}); nothing to cancel",
-                query::short_status(s.as_str_name())
-            ),
-        ),
-        Ok(_) => Redirect::to(&format!("/builds/{}", enc(&id))).into_response(),
+    match web.shared.cancel(&id, "cancelled from the dashboard").await {
+        Err(r) => error_page(r.status, &r.message),
+        Ok(()) => Redirect::to(&format!("/builds/{}", enc(&id))).into_response(),
     }
 }
 
