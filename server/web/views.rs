@@ -722,7 +722,9 @@ pub fn partition(c: &Ctx, state: &State) -> Result<Markup, PageError> {
         return Err(PageError::not_found(msg));
     }
     let page = c.params.page()?;
-    let e = query::explain(state, &r);
+    // Now: the graph file's job versions count too; in the past (`?at=`): the log alone.
+    let versions = if c.at.is_none() { Some(&*c.shared.graph) } else { None };
+    let e = query::explain_with(&crate::views::freshness(state, versions), &r);
     let reader = c.shared.store.reader().map_err(StoreError::Open)?;
     let depth = Some(3);
     let up = match query::lineage_up(state, &reader, &r, depth) {
@@ -757,8 +759,22 @@ pub fn partition(c: &Ctx, state: &State) -> Result<Markup, PageError> {
     let body = html! {
         h1 { "Partition " code { (r) } }
         div class="card" data-live-id="pstatus" {
-            p { (badge(&status)) " " span class="badge" { (e.reason.as_str()) } }
+            p {
+                (badge(&status)) " " span class="badge" { (e.reason.as_str()) }
+                @if e.stale.is_some() { " " span class="badge st-stale" { "stale" } }
+            }
             p class="msg" { (e.message) }
+            @if let Some(st) = &e.stale {
+                ul class="stale-reasons" {
+                    @for x in &st.reasons {
+                        li {
+                            (x.text())
+                            @if x.seq() > 0 { " (seq " (seqlink(c, x.seq())) ")" }
+                            @else { " (graph file; not yet in the log)" }
+                        }
+                    }
+                }
+            }
             @if e.seq > 0 {
                 p {
                     "seq " (seqlink(c, e.seq))

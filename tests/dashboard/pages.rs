@@ -172,3 +172,20 @@ fn forms_need_the_token_and_the_host_check_applies() {
     assert_eq!(post(&format!("/ui/cancel/{id}"), &form(&[("token", &s.token)]), &[]).status, 409);
     assert_eq!(post(&format!("/ui/cancel/{id}"), "", &[]).status, 401);
 }
+
+#[test]
+fn the_partition_page_says_when_a_partition_is_stale_and_why() {
+    let s = Server::start(&[("raw", "raw/.*"), ("agg", "agg/.*")]);
+    s.dep("agg/1", "raw/1");
+    let id = s.build(&["agg/1"], false);
+    s.wait_status(&id, "completed");
+    let fresh = s.get("/partition?ref=agg%2F1");
+    assert!(!fresh.body.contains("st-stale\">stale"), "{}", fresh.body);
+    // Rebuilding the input makes what read the old instance stale.
+    let forced = s.build(&["raw/1"], true);
+    s.wait_status(&forced, "completed");
+    let p = s.get("/partition?ref=agg%2F1");
+    assert_eq!(p.status, 200);
+    assert!(p.body.contains("st-stale\">stale"), "{}", p.body);
+    assert!(p.body.contains("input raw/1 rebuilt at seq "), "{}", p.body);
+}
