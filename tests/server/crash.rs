@@ -234,11 +234,15 @@ fn an_older_request_delegating_to_a_younger_one_finishes_after_a_crash() {
     let older = submit(&server, "c/1");
     let younger = submit(&server, "b/1");
     let why = format!("delegated to active build {younger}");
-    server.wait_for("the older request delegating b/1 to the younger", |evs| {
-        running(evs, "b/1") && evs.iter().any(|(_, e)| {
-            e.build_request_id == older
-                && matches!(&e.event_type, Some(EventType::DelegationEvent(d)) if d.message == why)
-        })
+    // Everything else below c/1 AVAILABLE first: a run still going at the kill (a/3, say) would
+    // rightly run again, and the ledger below would not say whether anything ran twice wrongly.
+    server.wait_for("the older request delegating b/1 to the younger, the rest built", |evs| {
+        running(evs, "b/1")
+            && ["a/1", "a/2", "a/3", "b/2"].iter().all(|p| available(evs, p))
+            && evs.iter().any(|(_, e)| {
+                e.build_request_id == older
+                    && matches!(&e.event_type, Some(EventType::DelegationEvent(d)) if d.message == why)
+            })
     });
     server.signal("KILL");
     server.wait();
