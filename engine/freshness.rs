@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::graph::Graph;
-use crate::proto::{DepType, PartitionStatus};
+use crate::proto::PartitionStatus;
 use crate::state::{Run, Stale, StaleReason, State, Sym};
 
 /// The staleness of partitions, from a state and optionally the graph file's versions.
@@ -107,38 +107,11 @@ impl<'s> Freshness<'s> {
     /// [`State::reasons_of`] with the graph's versions (a version known only from the graph file
     /// has seq 0: not yet in the log).
     fn reasons(&self, run: &Run) -> Vec<StaleReason> {
-        let st = self.state;
-        let mut out = Vec::new();
         let current = match self.changed.get(&*run.job_label) {
             Some(v) => Some((v.as_str(), 0)),
-            None => st.job_version(&run.job_label),
+            None => self.state.job_version(&run.job_label),
         };
-        if let (Some(built), Some((cur, seq))) = (&run.version, current)
-            && built != cur
-        {
-            out.push(StaleReason::Version { from: built.clone(), to: cur.to_string(), seq });
-        }
-        let mut seen: Vec<&Sym> = Vec::new();
-        for i in &run.inputs {
-            if i.dep_type != DepType::Materialize
-                || i.producer_run.is_empty()
-                || seen.contains(&&i.partition)
-            {
-                continue;
-            }
-            seen.push(&i.partition);
-            let Some(c) = st.catalog.get(&i.partition) else { continue };
-            let Some((lseq, lrun)) = c.available.last() else { continue };
-            if *lrun != i.producer_run {
-                out.push(StaleReason::Rebuilt { input: i.partition.clone(), seq: *lseq });
-            }
-            if let Some(t) = c.tainted {
-                out.push(StaleReason::UpstreamTainted { input: i.partition.clone(), seq: t });
-            } else if let Some(s) = self.run_stale(lrun) {
-                out.push(StaleReason::UpstreamStale { input: i.partition.clone(), seq: s.since });
-            }
-        }
-        out
+        self.state.reasons_with(run, current, |r| self.run_stale(r).map(|s| s.since))
     }
 }
 

@@ -136,12 +136,27 @@ impl State {
 
     /// Why the instance `run` built is stale now (empty: fresh), from its inputs and version.
     pub fn reasons_of(&self, run: &Run) -> Vec<StaleReason> {
+        let current = self.job_version(&run.job_label);
+        self.reasons_with(run, current, |r| {
+            self.runs.get(r).and_then(|r| r.stale.as_ref()).map(|s| s.since)
+        })
+    }
+
+    /// The staleness rules (CONTRACT §13), once for the fold and for views that lay the graph
+    /// file's versions over the log's: `current` is the job's version now (and the seq that
+    /// recorded it, 0 if only the graph file says), `stale_since` whether the instance a run built
+    /// is stale, and since when.
+    pub fn reasons_with(
+        &self,
+        run: &Run,
+        current: Option<(&str, u64)>,
+        stale_since: impl Fn(&Sym) -> Option<u64>,
+    ) -> Vec<StaleReason> {
         let mut out = Vec::new();
-        if let Some(built) = &run.version
-            && let Some((cur, seq)) = self.job_versions.get(&*run.job_label)
-            && cur != built
+        if let (Some(built), Some((cur, seq))) = (&run.version, current)
+            && built != cur
         {
-            out.push(StaleReason::Version { from: built.clone(), to: cur.clone(), seq: *seq });
+            out.push(StaleReason::Version { from: built.clone(), to: cur.to_string(), seq });
         }
         let mut seen: Vec<&Sym> = Vec::new();
         for i in &run.inputs {
@@ -159,8 +174,8 @@ impl State {
             }
             if let Some(t) = c.tainted {
                 out.push(StaleReason::UpstreamTainted { input: i.partition.clone(), seq: t });
-            } else if let Some(st) = self.runs.get(lrun).and_then(|r| r.stale.as_ref()) {
-                out.push(StaleReason::UpstreamStale { input: i.partition.clone(), seq: st.since });
+            } else if let Some(since) = stale_since(lrun) {
+                out.push(StaleReason::UpstreamStale { input: i.partition.clone(), seq: since });
             }
         }
         out
