@@ -404,6 +404,34 @@ where
     judge(&outcome)
 }
 
+/// Opens an engine on `store` (which reconciles), does one thing with its handle, closes it and
+/// the log: what `cancel` and `taint` do when no server or build owns the log.
+pub fn with_engine<T, F, Fut>(ctx: &Ctx, store: Arc<Store>, f: F) -> Result<T, CliError>
+where
+    F: FnOnce(EngineHandle) -> Fut,
+    Fut: std::future::Future<Output = Result<T, databuild::engine::EngineError>>,
+{
+    let graph = match ctx.graph() {
+        Ok(g) => Arc::new(g),
+        Err(e) => {
+            close(store);
+            return Err(e);
+        }
+    };
+    let rt = runtime()?;
+    let executor = executor(ctx, &graph)?;
+    let settings = settings(ctx, None);
+    let result = rt.block_on(async {
+        let (engine, reconciled) = Engine::open(store.clone(), graph, settings, executor).await?;
+        crate::cmd_recover::report_reconciled(&reconciled, false);
+        let done = f(engine.handle()).await;
+        engine.close().await?;
+        done
+    });
+    close(store);
+    result.map_err(|e| exit::engine_error(&e, &ctx.log_dir))
+}
+
 /// Closes the log (writing a snapshot if one is due). Everything else that held the store (the
 /// engine loop, its tasks) is gone by now.
 pub fn close(store: Arc<Store>) {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use databuild::engine::{CancelOutcome, Engine};
+use databuild::engine::CancelOutcome;
 use databuild::store::{Store, StoreOptions};
 use databuild_log::{OpenError, WriterOptions};
 
@@ -87,26 +87,10 @@ fn signal_owner(
 /// No live engine: this one reconciles (runs a crash left live are recorded failed) and records
 /// the interrupted request CANCELLED.
 fn record_interrupted(ctx: &Ctx, id: &str, store: Arc<Store>) -> Result<u8, CliError> {
-    let graph = match ctx.graph() {
-        Ok(g) => Arc::new(g),
-        Err(e) => {
-            crate::cmd_build::close(store);
-            return Err(e);
-        }
-    };
-    let rt = crate::cmd_build::runtime()?;
-    let executor = crate::cmd_build::executor(ctx, &graph)?;
-    let settings = crate::cmd_build::settings(ctx, None);
-    let result = rt.block_on(async {
-        let (engine, reconciled) = Engine::open(store.clone(), graph, settings, executor).await?;
-        crate::cmd_recover::report_reconciled(&reconciled, false);
-        let outcome =
-            engine.handle().cancel(id, "cancelled by `databuild cancel` (interrupted)").await;
-        engine.close().await?;
-        outcome
-    });
-    crate::cmd_build::close(store);
-    match result.map_err(|e| exit::engine_error(&e, &ctx.log_dir))? {
+    let outcome = crate::cmd_build::with_engine(ctx, store, |h| async move {
+        h.cancel(id, "cancelled by `databuild cancel` (interrupted)").await
+    })?;
+    match outcome {
         CancelOutcome::AlreadyEnded(s) => Ok(already_ended(id, s)),
         CancelOutcome::Unknown => Err(CliError::bad_input(format!(
             "no build request {id} in the log; see `databuild builds` for the ids"

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use databuild::engine::Engine;
 use databuild::freshness::TaintSpec;
 use databuild::proto::PartitionStatus;
 use databuild::store::{Store, StoreOptions};
@@ -55,26 +54,7 @@ fn taint_here(ctx: &Ctx, spec: TaintSpec) -> Result<Vec<databuild::freshness::Ta
     let opts = StoreOptions { writer: WriterOptions::default(), ..StoreOptions::default() };
     let (store, _) =
         Store::open(&ctx.log_dir, opts).map_err(|e| exit::store_error(&e, &ctx.log_dir))?;
-    let store = Arc::new(store);
-    let graph = match ctx.graph() {
-        Ok(g) => Arc::new(g),
-        Err(e) => {
-            crate::cmd_build::close(store);
-            return Err(e);
-        }
-    };
-    let rt = crate::cmd_build::runtime()?;
-    let executor = crate::cmd_build::executor(ctx, &graph)?;
-    let settings = crate::cmd_build::settings(ctx, None);
-    let result = rt.block_on(async {
-        let (engine, reconciled) = Engine::open(store.clone(), graph, settings, executor).await?;
-        crate::cmd_recover::report_reconciled(&reconciled, false);
-        let tainted = engine.handle().taint(spec).await;
-        engine.close().await?;
-        tainted
-    });
-    crate::cmd_build::close(store);
-    result.map_err(|e| exit::engine_error(&e, &ctx.log_dir))
+    crate::cmd_build::with_engine(ctx, Arc::new(store), |h| async move { h.taint(spec).await })
 }
 
 /// Prints what was tainted (one line or object each).
