@@ -275,9 +275,13 @@ impl Web {
     async fn page(
         self: Arc<Self>,
         path: String,
-        params: Params,
+        q: Q,
         render: impl FnOnce(&Ctx, &State) -> Result<maud::Markup, PageError> + Send + 'static,
     ) -> Response {
+        let params = match q {
+            Ok(Query(v)) => Params(v),
+            Err(e) => return error_page(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
         let web = self.clone();
         let done = tokio::task::spawn_blocking(move || -> Result<String, PageError> {
             let end = web.shared.store.durable_next_seq().saturating_sub(1);
@@ -296,59 +300,31 @@ impl Web {
 
 type Q = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
 
-fn params(q: Q) -> Result<Params, Response> {
-    q.map(|Query(v)| Params(v)).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e.to_string()))
-}
-
 async fn home(AxState(web): AxState<Arc<Web>>, q: Q) -> Response {
-    let p = match params(q) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    web.page("/".into(), p, views::home).await
+    web.page("/".into(), q, views::home).await
 }
 
 async fn build(AxState(web): AxState<Arc<Web>>, Path(id): Path<String>, q: Q) -> Response {
-    let p = match params(q) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let path = format!("/builds/{}", enc(&id));
-    web.page(path, p, move |c, s| views::build(c, s, &id)).await
+    web.page(path, q, move |c, s| views::build(c, s, &id)).await
 }
 
 async fn partition(AxState(web): AxState<Arc<Web>>, q: Q) -> Response {
-    let p = match params(q) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    web.page("/partition".into(), p, views::partition).await
+    web.page("/partition".into(), q, views::partition).await
 }
 
 async fn job(AxState(web): AxState<Arc<Web>>, Path(label): Path<String>, q: Q) -> Response {
-    let p = match params(q) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let path = format!("/jobs/{}", enc(&label));
-    web.page(path, p, move |c, s| views::job(c, s, &label)).await
+    web.page(path, q, move |c, s| views::job(c, s, &label)).await
 }
 
 async fn run(AxState(web): AxState<Arc<Web>>, Path(id): Path<String>, q: Q) -> Response {
-    let p = match params(q) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let path = format!("/runs/{}", enc(&id));
-    web.page(path, p, move |c, s| views::run(c, s, &id)).await
+    web.page(path, q, move |c, s| views::run(c, s, &id)).await
 }
 
 async fn events(AxState(web): AxState<Arc<Web>>, q: Q) -> Response {
-    let p = match params(q) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    web.page("/events".into(), p, views::events).await
+    web.page("/events".into(), q, views::events).await
 }
 
 async fn asset(Path(name): Path<String>) -> Response {
